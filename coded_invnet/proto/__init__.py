@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for protos/*.proto (regenerate with `make proto`)."""
