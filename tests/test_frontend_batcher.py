@@ -1,0 +1,190 @@
+"""The batcher's grouping and recovery logic, in process, against a linear model.
+
+With a linear g and a mean encoder the Coded-InvNet identity is exact (g(mean x) = mean g(x)), so a
+reconstructed answer must equal the true one to float precision; that pins the decode wiring exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from coded_invnet.coding import decode_missing
+from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.errors import DeadlineExceeded, Overloaded
+from services.frontend.batcher import Batcher, GroupReport, WorkerOutput
+
+IMAGE = (1, 4, 4)
+D = 16
+rng = np.random.default_rng(0)
+G = rng.normal(size=(D, D)).astype(np.float32)  # latent map g
+H = rng.normal(size=(D, 10)).astype(np.float32)  # head
+
+
+def true_logits(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1) @ G @ H
+
+
+@dataclass
+class LinearBackends:
+    """In-process backends with per-worker faults: a delay (s) or a failure."""
+
+    mode: str
+    delays: dict[int, float] = field(default_factory=dict)
+    dead: set[int] = field(default_factory=set)
+    parity_down: bool = False
+    decoder_down: bool = False
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
+        self.calls.append(("infer", worker))
+        try:
+            await asyncio.sleep(self.delays.get(worker, 0.0))
+        except asyncio.CancelledError:
+            self.cancelled.append(worker)
+            raise
+        if worker in self.dead:
+            raise ConnectionError(f"worker {worker} is dead")
+        z = images.reshape(len(images), -1) @ G
+        return WorkerOutput(z @ H, z)
+
+    async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
+        self.calls.append(("encode", -1))
+        if self.parity_down:
+            raise ConnectionError("encoder down")
+        return batches.mean(axis=1)
+
+    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+        z = parity_images.reshape(len(parity_images), -1) @ G
+        return z if self.mode == "coded-invnet" else z @ H
+
+    async def decode(
+        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+    ) -> np.ndarray:
+        self.calls.append(("decode", missing))
+        if self.decoder_down:
+            raise ConnectionError("decoder down")
+        out = decode_missing(parity, available, len(available) + 1)
+        return out @ H if self.mode == "coded-invnet" else out
+
+
+async def run_queries(
+    backends: LinearBackends, n: int, **cfg: object
+) -> tuple[np.ndarray, list, list[GroupReport]]:
+    config = ServingConfig(service="frontend", mode=backends.mode, **cfg)  # type: ignore[arg-type]
+    batcher = Batcher(config, backends)
+    reports: list[GroupReport] = []
+    batcher.on_group = reports.append
+    batcher.start()
+    images = rng.random((n, *IMAGE), dtype=np.float32)
+    try:
+        results = await batcher.infer(images, timeout=5)
+    finally:
+        await batcher.stop()
+    return images, results, reports
+
+
+@pytest.mark.parametrize("mode", ["none", "replication", "parm", "coded-invnet"])
+@pytest.mark.parametrize("n", [1, 5, 16, 37])
+def test_every_query_answered_with_its_own_prediction(mode: str, n: int) -> None:
+    images, results, reports = asyncio.run(run_queries(LinearBackends(mode), n, k=4, max_batch=4))
+    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+    assert not any(r.reconstructed for r in results)
+    assert sum(r.queries for r in reports) == n
+    assert all(r.batch_size <= 4 for r in reports)
+
+
+@pytest.mark.parametrize("mode", ["parm", "coded-invnet"])
+def test_dead_worker_is_decoded(mode: str) -> None:
+    backends = LinearBackends(mode, dead={1})
+    images, results, reports = asyncio.run(run_queries(backends, 12, k=4, max_batch=4))
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-3, atol=1e-3
+    )
+    flagged = [q for q, r in enumerate(results) if r.reconstructed]
+    assert flagged == [q for q in range(12) if q % 4 == 1]  # exactly the rows dealt to worker 1
+    assert sum(r.reconstructed_batches for r in reports) == 1
+
+
+def test_straggler_is_decoded_at_its_deadline_and_cancelled() -> None:
+    backends = LinearBackends("coded-invnet", delays={2: 10.0})
+
+    async def timed() -> tuple[float, list]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        _, results, _ = await run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=50)
+        return loop.time() - start, results
+
+    elapsed, results = asyncio.run(timed())
+    assert elapsed < 1.0
+    assert [r.reconstructed for r in results] == [q % 4 == 2 for q in range(8)]
+    assert backends.cancelled == [2]
+
+
+@pytest.mark.parametrize("fault", ["parity_down", "decoder_down"])
+def test_parity_path_down_goes_on_uncoded(fault: str) -> None:
+    backends = LinearBackends("coded-invnet", dead={3})
+    setattr(backends, fault, True)
+    images, results, reports = asyncio.run(run_queries(backends, 8, k=4, max_batch=2))
+    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+    assert not any(r.reconstructed for r in results)
+    assert ("infer", 0) in backends.calls[4:]  # batch 3 re-sent to worker (3 + 1) mod 4
+    assert sum(r.resent_batches for r in reports) == 1
+
+
+def test_none_mode_resends_a_failed_batch() -> None:
+    backends = LinearBackends("none", dead={0})
+    images, results, _ = asyncio.run(run_queries(backends, 4, k=2, max_batch=2))
+    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+
+
+def test_replication_first_answer_wins() -> None:
+    backends = LinearBackends("replication", delays={0: 10.0})
+    images, results, _ = asyncio.run(run_queries(backends, 4, k=2, max_batch=2, straggler_timeout_ms=5000))
+    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+
+
+def test_all_workers_dead_fails_loudly() -> None:
+    backends = LinearBackends("coded-invnet", dead={0, 1})
+    with pytest.raises(Exception, match="no worker answered"):
+        asyncio.run(run_queries(backends, 4, k=2, max_batch=2))
+
+
+def test_queue_bound_refuses_instead_of_dropping() -> None:
+    async def scenario() -> None:
+        batcher = Batcher(ServingConfig(max_queue=3), LinearBackends("coded-invnet"))
+        batcher.submit(np.zeros((3, *IMAGE), np.float32))
+        with pytest.raises(Overloaded, match="queue is full"):
+            batcher.submit(np.zeros((1, *IMAGE), np.float32))
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_deadline_withdraws_the_queries() -> None:
+    async def scenario() -> None:
+        backends = LinearBackends("none", delays={0: 0.5, 1: 0.5})
+        batcher = Batcher(ServingConfig(mode="none"), backends)
+        batcher.start()
+        with pytest.raises(DeadlineExceeded):
+            await batcher.infer(np.zeros((2, *IMAGE), np.float32), timeout=0.1)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_partial_group_waits_at_most_max_delay() -> None:
+    async def scenario() -> float:
+        batcher = Batcher(ServingConfig(k=4, max_batch=8, max_delay_ms=50), LinearBackends("coded-invnet"))
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await batcher.infer(np.zeros((1, *IMAGE), np.float32), timeout=5)
+        await batcher.stop()
+        return loop.time() - start
+
+    assert 0.04 < asyncio.run(scenario()) < 0.5
