@@ -1,0 +1,111 @@
+"""The Batch → BatchResult plumbing shared by the worker, encoder and decoder servicers: tensor
+decoding, metrics, per-batch errors, and concurrent stream processing with in-stream cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import numpy as np
+
+from coded_invnet.proto import coded_pb2
+from coded_invnet.serving.errors import Cancelled, InvalidInput, Overloaded, ServingError
+from coded_invnet.serving.grpc_errors import batch_status
+from coded_invnet.serving.metrics import RequestTiming, ServingMetrics
+from coded_invnet.serving.onnx_model import Computed
+from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
+
+# (input arrays by name, the batch's position in its group) → outputs
+Process = Callable[[dict[str, np.ndarray], int], Awaitable[Computed]]
+BatchKey = tuple[int, int]
+PENDING_PER_SLOT = 16  # a stream may queue this many batches per concurrent slot before RESOURCE_EXHAUSTED
+
+
+class BatchService:
+    def __init__(self, process: Process, metrics: ServingMetrics, max_message_bytes: int, max_inflight: int):
+        self.process = process
+        self.metrics = metrics
+        self.max_message_bytes = max_message_bytes
+        self.max_inflight = max_inflight
+
+    async def handle(self, batch: coded_pb2.Batch) -> coded_pb2.BatchResult:
+        """One batch; raises ServingError subclasses (mapped to status codes at the edge)."""
+        received = time.perf_counter()
+        try:
+            if batch.cancel:
+                raise InvalidInput("cancel is only meaningful on a stream")
+            if not batch.tensors:
+                raise InvalidInput("batch has no tensors")
+            arrays = arrays_from_proto(batch.tensors, max_bytes=self.max_message_bytes)
+            computed = await self.process(arrays, batch.index)
+        except asyncio.CancelledError:
+            self.metrics.record_failure("CANCELLED", (time.perf_counter() - received) * 1e6)
+            raise
+        except Exception as error:
+            reason = error.status if isinstance(error, ServingError) else "INTERNAL"
+            self.metrics.record_failure(reason, (time.perf_counter() - received) * 1e6)
+            raise
+        request_us = (time.perf_counter() - received) * 1e6
+        first = next(iter(arrays.values()))
+        rows = first.shape[0] if first.ndim else 1
+        self.metrics.record_success(
+            RequestTiming(rows, request_us, max(request_us - computed.compute_us, 0.0), computed.compute_us)
+        )
+        return coded_pb2.BatchResult(
+            group_id=batch.group_id,
+            index=batch.index,
+            tensors=arrays_to_proto(computed.outputs),
+            queue_us=int(request_us - computed.compute_us),
+            compute_us=int(computed.compute_us),
+        )
+
+    async def stream(self, batches: AsyncIterator[coded_pb2.Batch]) -> AsyncIterator[coded_pb2.BatchResult]:
+        """Process batches concurrently (at most max_inflight at once); one result per batch, in completion
+        order. A batch with `cancel` set cancels the in-flight batch with its (group_id, index)."""
+        results: asyncio.Queue[coded_pb2.BatchResult | None] = asyncio.Queue()
+        inflight: dict[BatchKey, asyncio.Task[None]] = {}
+        slots = asyncio.Semaphore(self.max_inflight)
+
+        async def answer(batch: coded_pb2.Batch) -> None:
+            try:
+                async with slots:
+                    result = await self.handle(batch)
+            except asyncio.CancelledError:
+                result = failed(batch, Cancelled(f"batch ({batch.group_id}, {batch.index}) cancelled"))
+            except Exception as error:
+                result = failed(batch, error)
+            inflight.pop((batch.group_id, batch.index), None)
+            results.put_nowait(result)
+
+        async def read() -> None:
+            try:
+                async for batch in batches:
+                    key = (batch.group_id, batch.index)
+                    if batch.cancel:
+                        if key in inflight:
+                            inflight[key].cancel()
+                    elif key in inflight:
+                        results.put_nowait(failed(batch, InvalidInput(f"batch {key} is already in flight")))
+                    elif len(inflight) >= self.max_inflight * PENDING_PER_SLOT:
+                        overloaded = Overloaded(f"over {len(inflight)} batches in flight")
+                        results.put_nowait(failed(batch, overloaded))
+                    else:
+                        inflight[key] = asyncio.create_task(answer(batch))
+                await asyncio.gather(*inflight.values(), return_exceptions=True)
+            finally:
+                results.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (result := await results.get()) is not None:
+                yield result
+            await reader  # re-raises a failure of the request stream itself
+        finally:
+            reader.cancel()
+            for task in list(inflight.values()):
+                task.cancel()
+
+
+def failed(batch: coded_pb2.Batch, error: BaseException) -> coded_pb2.BatchResult:
+    return coded_pb2.BatchResult(group_id=batch.group_id, index=batch.index, error=batch_status(error))

@@ -1,0 +1,199 @@
+"""Every service setting, read from `CODED_*` env vars or CLI flags, in one place.
+
+`load_config(service, argv)` builds a frozen `ServingConfig` for one service, failing fast with a
+message that names the bad setting. CLI flags override env vars, which override defaults.
+`ENV_VARS[service]` lists the env vars each service reads (the Kubernetes manifests are checked
+against it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from coded_invnet.coding import CODING_MODES
+from coded_invnet.serving.errors import ConfigError
+
+SERVICES = ("worker", "encoder", "decoder", "frontend")
+MODEL_SERVICES = ("worker", "encoder", "decoder")
+WORKER = ("worker",)
+FRONTEND = ("frontend",)
+ROLES = ("data", "parity")
+DEVICES = ("auto", "cpu", "cuda")
+DELAY_KINDS = ("none", "fixed", "exponential")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    service: str = "worker"
+    # every service
+    host: str = "0.0.0.0"
+    port: int = 8001
+    metrics_port: int = 8002  # 0: any free port; -1: no metrics endpoint
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 5.0
+    max_message_bytes: int = 64 * 1024 * 1024
+    mode: str = "coded-invnet"
+    k: int = 10
+    # worker, encoder, decoder
+    model_dir: Path = Path("models/mnist")
+    model_file: Path | None = None  # overrides the file chosen from mode/role/k
+    device: str = "auto"
+    ort_threads: int = 0  # 0: onnxruntime's default
+    max_inflight: int = 4  # batches processed concurrently per stream
+    # worker
+    role: str = "data"
+    fault_delay: str = "none"
+    fault_delay_ms: float = 0.0
+    fault_delay_probability: float = 0.0
+    fault_failure_probability: float = 0.0
+    fault_seed: int = 0
+    # frontend
+    workers: tuple[str, ...] = ()  # "host:port" list, or one "dns:///name:port" target
+    parity_worker: str = ""
+    encoder: str = ""
+    decoder: str = ""
+    max_batch: int = 8
+    max_delay_ms: float = 2.0
+    straggler_timeout_ms: float = 50.0
+    max_queue: int = 4096
+    max_inflight_groups: int = 8
+    rpc_timeout_s: float = 10.0
+
+    def model_path(self) -> Path:
+        """The ONNX file this service runs (see docs/CONTRACTS.md)."""
+        if self.model_file is not None:
+            return self.model_file
+        return self.model_dir / default_model_file(self.service, self.mode, self.role, self.k)
+
+
+def default_model_file(service: str, mode: str, role: str, k: int) -> str:
+    if service == "worker":
+        return f"parm_k{k}.onnx" if (mode, role) == ("parm", "parity") else "worker.onnx"
+    if service == "encoder":
+        return f"parm_encoder_k{k}.onnx" if mode == "parm" else f"encoder_k{k}.onnx"
+    if service == "decoder":
+        return "head.onnx"
+    raise ConfigError(f"service {service!r} runs no model")
+
+
+@dataclass(frozen=True)
+class Setting:
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    services: tuple[str, ...] = SERVICES
+    choices: tuple[str, ...] = ()
+    check: Callable[[Any], bool] = lambda _: True
+    requirement: str = ""
+
+    @property
+    def env_var(self) -> str:
+        return "CODED_" + self.field.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _probability(name: str, help: str) -> Setting:
+    return Setting(name, float, help, WORKER, check=lambda p: 0 <= p <= 1, requirement="in [0, 1]")
+
+
+def _positive(value: float) -> bool:
+    return value > 0
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "address to bind"),
+    Setting("port", int, "gRPC port (0: any free)", check=lambda p: 0 <= p < 65536, requirement="a port"),
+    Setting(
+        "metrics_port",
+        int,
+        "Prometheus port (0: any free port, -1: off)",
+        check=lambda p: -1 <= p < 65536,
+        requirement="a port or -1",
+    ),
+    Setting("log_level", str.upper, "log level", choices=LOG_LEVELS),
+    Setting("shutdown_grace_s", float, "seconds in-flight RPCs get on SIGTERM", check=_non_negative),
+    Setting("max_message_bytes", int, "largest gRPC message accepted or sent", check=_positive),
+    Setting("mode", str, "coding mode", choices=CODING_MODES),
+    Setting("k", int, "data batches per coding group", check=lambda k: k >= 2, requirement=">= 2"),
+    Setting("model_dir", Path, "folder of the ONNX models", MODEL_SERVICES),
+    Setting("model_file", Path, "explicit ONNX file (overrides model_dir/mode/role/k)", MODEL_SERVICES),
+    Setting("device", str, "execution provider", MODEL_SERVICES, choices=DEVICES),
+    Setting("ort_threads", int, "onnxruntime threads (0: auto)", MODEL_SERVICES, check=_non_negative),
+    Setting("max_inflight", int, "batches in flight per stream", MODEL_SERVICES, check=_positive),
+    Setting("role", str, "worker role", WORKER, choices=ROLES),
+    Setting("fault_delay", str, "injected delay distribution", WORKER, choices=DELAY_KINDS),
+    Setting("fault_delay_ms", float, "fixed delay, or exponential mean", WORKER, check=_non_negative),
+    _probability("fault_delay_probability", "chance a batch is delayed (0 with a delay set: always)"),
+    _probability("fault_failure_probability", "chance a batch fails with UNAVAILABLE"),
+    Setting("fault_seed", int, "fault injection seed (0: unseeded)", WORKER, check=_non_negative),
+    Setting("workers", _csv, "data worker targets, comma-separated", FRONTEND),
+    Setting("parity_worker", str, "parity worker target", FRONTEND),
+    Setting("encoder", str, "encoder target", FRONTEND),
+    Setting("decoder", str, "decoder target", FRONTEND),
+    Setting("max_batch", int, "queries per data batch (B)", FRONTEND, check=_positive),
+    Setting("max_delay_ms", float, "longest wait while filling a group", FRONTEND, check=_non_negative),
+    Setting("straggler_timeout_ms", float, "wait before decoding a batch", FRONTEND, check=_positive),
+    Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
+    Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
+    Setting("rpc_timeout_s", float, "deadline of each backend RPC", FRONTEND, check=_positive),
+)
+
+ENV_VARS: dict[str, tuple[str, ...]] = {
+    service: tuple(s.env_var for s in SETTINGS if service in s.services) for service in SERVICES
+}
+
+
+def _convert(setting: Setting, raw: str, source: str) -> Any:
+    try:
+        value = setting.parse(raw)
+    except ValueError:
+        raise ConfigError(f"{source}={raw!r}: not a valid {setting.parse.__name__}") from None
+    if setting.choices and value not in setting.choices:
+        raise ConfigError(f"{source}={raw!r}: must be one of {', '.join(setting.choices)}")
+    if not setting.check(value):
+        raise ConfigError(f"{source}={raw!r}: must be {setting.requirement or 'positive'}")
+    return value
+
+
+def load_config(
+    service: str, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> ServingConfig:
+    """Settings of `service` from CLI flags (argv), then env vars (environ), then defaults."""
+    if service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+    environ = os.environ if environ is None else environ
+    settings = [s for s in SETTINGS if service in s.services]
+    parser = argparse.ArgumentParser(prog=f"services.{service}.server", description=f"coded-invnet {service}")
+    for setting in settings:
+        parser.add_argument(setting.flag, dest=setting.field, help=f"{setting.help} [{setting.env_var}]")
+    args = vars(parser.parse_args([] if argv is None else list(argv)))
+    values: dict[str, Any] = {"service": service}
+    for setting in settings:
+        if args[setting.field] is not None:
+            values[setting.field] = _convert(setting, args[setting.field], setting.flag)
+        elif environ.get(setting.env_var, "") != "":
+            values[setting.field] = _convert(setting, environ[setting.env_var], setting.env_var)
+    return replace(ServingConfig(), **values)
+
+
+def describe(config: ServingConfig) -> dict[str, Any]:
+    """The settings of this config's service, for the start-up log line."""
+    names = {s.field for s in SETTINGS if config.service in s.services}
+    return {f.name: str(getattr(config, f.name)) for f in fields(config) if f.name in names}

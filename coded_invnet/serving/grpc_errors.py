@@ -1,0 +1,87 @@
+"""The one place where domain errors become gRPC status codes: a grpc.aio server interceptor for
+RPC-level errors, and `batch_status` for per-batch errors reported inside a stream."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from coded_invnet.proto import coded_pb2
+from coded_invnet.serving.errors import ServingError
+
+log = logging.getLogger(__name__)
+INTERNAL_MESSAGE = "internal error (details in the server log)"
+
+
+def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """(code, message) for an error; anything that is not a ServingError is INTERNAL and logged."""
+    if isinstance(error, ServingError) and type(error) is not ServingError:
+        return grpc.StatusCode[error.status], str(error)
+    log.error("internal error", exc_info=error)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+def batch_status(error: BaseException) -> coded_pb2.Status:
+    code, message = status_of(error)
+    return coded_pb2.Status(code=code.value[0], message=message)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Turns a ServingError raised by a handler into its status code; other exceptions into INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                _wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            _wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+        )
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    code, message = status_of(error)
+    await context.abort(code, message)
+
+
+def _wrap_unary(behaviour: Any) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behaviour(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, error)
+
+    return wrapped
+
+
+def _wrap_stream(behaviour: Any) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behaviour(request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await _abort(context, error)
+
+    return wrapped

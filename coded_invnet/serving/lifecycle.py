@@ -1,0 +1,94 @@
+"""One gRPC server per service: error mapping, message limits, grpc.health.v1 (NOT_SERVING until the
+model is loaded and warmed up), Prometheus endpoint, and graceful shutdown on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from coded_invnet.serving.config import ServingConfig, describe
+from coded_invnet.serving.grpc_errors import ErrorMappingInterceptor
+from coded_invnet.serving.metrics import ServingMetrics
+
+log = logging.getLogger(__name__)
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# asyncio keeps only weak references to tasks: hold warm-up tasks until they finish.
+_WARM_UP_TASKS: set[asyncio.Task[None]] = set()
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a taken port is an error, not a silently shared one
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ]
+
+
+class ServiceHost:
+    """A grpc.aio server with the shared plumbing; the service adds its servicers to `server`."""
+
+    def __init__(self, cfg: ServingConfig, service_names: Sequence[str], metrics: ServingMetrics) -> None:
+        self.cfg = cfg
+        self.service_names = ("", *service_names)  # "": the whole server
+        self.metrics = metrics
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[ErrorMappingInterceptor()], options=server_options(cfg.max_message_bytes)
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        self.metrics_port: int | None = None
+
+    async def start(self, warm_up: Callable[[], None]) -> None:
+        """Start answering at once (NOT_SERVING); flip to SERVING once `warm_up` (run in a thread) is done."""
+        for name in self.service_names:
+            await self.health.set(name, NOT_SERVING)
+        if self.cfg.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.cfg.metrics_port, self.cfg.host)
+        await self.server.start()
+        log.info(
+            "started",
+            extra={"port": self.port, "metrics_port": self.metrics_port, "config": describe(self.cfg)},
+        )
+        task = asyncio.create_task(self._warm_up(warm_up))
+        _WARM_UP_TASKS.add(task)
+        task.add_done_callback(_WARM_UP_TASKS.discard)
+
+    async def _warm_up(self, warm_up: Callable[[], None]) -> None:
+        try:
+            await asyncio.to_thread(warm_up)
+        except Exception:
+            log.exception("warm-up failed; staying NOT_SERVING")
+            return
+        for name in self.service_names:
+            await self.health.set(name, SERVING)
+        log.info("serving", extra={"port": self.port})
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.cfg.shutdown_grace_s)
+        log.info("stopped")
+
+    async def run_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then drain in-flight RPCs for the grace period and stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        stopped = asyncio.ensure_future(self.server.wait_for_termination())
+        signalled = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        if signalled.done():
+            log.info("signal received; shutting down", extra={"grace_s": self.cfg.shutdown_grace_s})
+            await self.stop()
+        stopped.cancel()
+        signalled.cancel()

@@ -1,0 +1,69 @@
+"""Prometheus metrics with Triton's names (nv_inference_*) plus coded_decode_*.
+
+Durations follow Triton: cumulative microsecond counters (divide by the request count for a mean);
+the decode latency is also a histogram for percentiles. prometheus_client exposes counters with the
+usual `_total` suffix (e.g. `nv_inference_request_success_total`). Each instance owns its registry,
+so several services can live in one process (tests) without clashing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+
+MODEL_LABELS = ("model", "version")
+DECODE_BUCKETS_US = (50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000)
+
+
+@dataclass(frozen=True)
+class RequestTiming:
+    rows: int  # queries in the batch
+    request_us: float
+    queue_us: float
+    compute_us: float
+
+
+class ServingMetrics:
+    def __init__(self, model: str, version: str = "1", registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.labels = (model, version)
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, MODEL_LABELS + extra, registry=self.registry)
+
+        self.request_success = counter("nv_inference_request_success", "Successful inference requests")
+        self.request_failure = counter("nv_inference_request_failure", "Failed requests", ("reason",))
+        self.inference_count = counter("nv_inference_count", "Inferences performed (one per query)")
+        self.exec_count = counter("nv_inference_exec_count", "Model executions (one per batch)")
+        self.request_duration = counter("nv_inference_request_duration_us", "Cumulative request time, us")
+        self.queue_duration = counter("nv_inference_queue_duration_us", "Cumulative queue time, us")
+        self.compute_duration = counter("nv_inference_compute_infer_duration_us", "Cumulative compute, us")
+        self.decode_total = Counter(
+            "coded_decode", "Reconstructed (decoded) batches", ("mode",), registry=self.registry
+        )
+        self.decode_duration = Histogram(
+            "coded_decode_duration_us", "Decode latency, us", ("mode",), buckets=DECODE_BUCKETS_US,
+            registry=self.registry,
+        )  # fmt: skip
+
+    def record_success(self, timing: RequestTiming) -> None:
+        self.request_success.labels(*self.labels).inc()
+        self.inference_count.labels(*self.labels).inc(timing.rows)
+        self.exec_count.labels(*self.labels).inc()
+        self.request_duration.labels(*self.labels).inc(timing.request_us)
+        self.queue_duration.labels(*self.labels).inc(timing.queue_us)
+        self.compute_duration.labels(*self.labels).inc(timing.compute_us)
+
+    def record_failure(self, reason: str, request_us: float) -> None:
+        self.request_failure.labels(*self.labels, reason).inc()
+        self.request_duration.labels(*self.labels).inc(request_us)
+
+    def record_decode(self, mode: str, duration_us: float) -> None:
+        self.decode_total.labels(mode).inc()
+        self.decode_duration.labels(mode).observe(duration_us)
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (port 0: any free)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(server.server_port)
