@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from coded_invnet.proto import coded_pb2
+from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import Cancelled, InvalidInput, Overloaded, ServingError
 from coded_invnet.serving.grpc_errors import batch_status
 from coded_invnet.serving.metrics import RequestTiming, ServingMetrics
-from coded_invnet.serving.onnx_model import Computed
+from coded_invnet.serving.onnx_model import Computed, OnnxModel, TensorSpec
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 
 # (input arrays by name, the batch's position in its group) → outputs
@@ -28,6 +29,10 @@ class BatchService:
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
         self.max_inflight = max_inflight
+
+    @classmethod
+    def for_config(cls, process: Process, metrics: ServingMetrics, cfg: ServingConfig) -> BatchService:
+        return cls(process, metrics, cfg.max_message_bytes, cfg.max_inflight)
 
     async def handle(self, batch: coded_pb2.Batch) -> coded_pb2.BatchResult:
         """One batch; raises ServingError subclasses (mapped to status codes at the edge)."""
@@ -109,3 +114,18 @@ class BatchService:
 
 def failed(batch: coded_pb2.Batch, error: BaseException) -> coded_pb2.BatchResult:
     return coded_pb2.BatchResult(group_id=batch.group_id, index=batch.index, error=batch_status(error))
+
+
+def model_description(model: OnnxModel, cfg: ServingConfig, role: str) -> coded_pb2.ModelDescription:
+    def specs(tensors: tuple[TensorSpec, ...]) -> list[coded_pb2.TensorSpec]:
+        return [coded_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
+
+    return coded_pb2.ModelDescription(
+        model_name=model.name,
+        mode=cfg.mode,
+        k=cfg.k,
+        role=role,
+        inputs=specs(model.inputs),
+        outputs=specs(model.outputs),
+        execution_provider=model.provider,
+    )

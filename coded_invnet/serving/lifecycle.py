@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from coded_invnet.serving.config import ServingConfig, describe
+from coded_invnet.serving.config import ServingConfig, describe, load_config
+from coded_invnet.serving.errors import ConfigError
 from coded_invnet.serving.grpc_errors import ErrorMappingInterceptor
 from coded_invnet.serving.metrics import ServingMetrics
+from coded_invnet.serving.structured_logging import configure_logging
 
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -92,3 +96,19 @@ class ServiceHost:
             await self.stop()
         stopped.cancel()
         signalled.cancel()
+
+
+def run_service(
+    service: str,
+    serve: Callable[[ServingConfig], Coroutine[Any, Any, None]],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Entry point of `python -m services.<service>.server`: config (exit 2 naming a bad setting), JSON
+    logs, then serve until signalled."""
+    try:
+        cfg = load_config(service, sys.argv[1:] if argv is None else argv)
+        configure_logging(service, cfg.log_level)
+        asyncio.run(serve(cfg))
+    except ConfigError as error:
+        print(f"{service}: configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

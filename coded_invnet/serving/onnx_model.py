@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from coded_invnet.serving.errors import InvalidInput, ServingError, Unavailable
+from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.errors import ConfigError, InvalidInput, ServingError, Unavailable
 
 log = logging.getLogger(__name__)
 ORT_DATATYPES = {
@@ -129,3 +130,12 @@ class OnnxModel:
             return Computed(outputs, (time.perf_counter() - start) * 1e6)
 
         return await asyncio.to_thread(timed)
+
+
+def open_model(cfg: ServingConfig) -> OnnxModel:
+    """The (unloaded) model this service runs; fails fast, naming the settings, if the file is missing."""
+    path = cfg.model_path()
+    if not path.is_file():
+        origin = "CODED_MODEL_FILE" if cfg.model_file else "CODED_MODEL_DIR, CODED_MODE, CODED_K, CODED_ROLE"
+        raise ConfigError(f"model file {path} not found (chosen by {origin})")
+    return OnnxModel(path, cfg.device, cfg.ort_threads)

@@ -1,0 +1,1 @@
+"""Worker service: runs one ONNX model (data or parity worker) over batches, with fault injection."""

@@ -1,0 +1,48 @@
+"""Worker server: `python -m services.worker.server [--flags]` (settings: CODED_* env vars, see
+coded_invnet.serving.config). Data and parity workers are the same service with a different model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from coded_invnet.proto import coded_pb2_grpc
+from coded_invnet.serving.batch_service import BatchService
+from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.lifecycle import ServiceHost, run_service
+from coded_invnet.serving.metrics import ServingMetrics
+from coded_invnet.serving.onnx_model import open_model
+from services.worker.runtime import FaultInjector, FaultSpec, WorkerRuntime
+from services.worker.servicer import WorkerServicer
+
+SERVICE_NAME = "coded.v1.Worker"
+
+
+async def start(cfg: ServingConfig) -> ServiceHost:
+    model = open_model(cfg)
+    metrics = ServingMetrics(model.name)
+    runtime = WorkerRuntime(model, FaultInjector(FaultSpec.from_config(cfg)))
+    host = ServiceHost(cfg, [SERVICE_NAME], metrics)
+    servicer = WorkerServicer(runtime, BatchService.for_config(runtime.infer, metrics, cfg), cfg)
+    coded_pb2_grpc.add_WorkerServicer_to_server(servicer, host.server)
+    await host.start(model.load)
+    return host
+
+
+async def create_server(cfg: ServingConfig) -> tuple[grpc.aio.Server, int]:
+    """A started server (NOT_SERVING until the model is loaded and warmed up) and its port."""
+    host = await start(cfg)
+    return host.server, host.port
+
+
+async def serve(cfg: ServingConfig) -> None:
+    await (await start(cfg)).run_until_signalled()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service("worker", serve, argv)
+
+
+if __name__ == "__main__":
+    main()
