@@ -54,6 +54,7 @@ class ServingConfig:
     fault_failure_probability: float = 0.0
     fault_seed: int = 0
     # frontend
+    model_name: str = "mnist"  # the name clients infer with (Open Inference Protocol)
     workers: tuple[str, ...] = ()  # "host:port" list, or one "dns:///name:port" target
     parity_worker: str = ""
     encoder: str = ""
@@ -143,6 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
     _probability("fault_delay_probability", "chance a batch is delayed (0 with a delay set: always)"),
     _probability("fault_failure_probability", "chance a batch fails with UNAVAILABLE"),
     Setting("fault_seed", int, "fault injection seed (0: unseeded)", WORKER, check=_non_negative),
+    Setting("model_name", str, "model name clients ask for", FRONTEND),
     Setting("workers", _csv, "data worker targets, comma-separated", FRONTEND),
     Setting("parity_worker", str, "parity worker target", FRONTEND),
     Setting("encoder", str, "encoder target", FRONTEND),

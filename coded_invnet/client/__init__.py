@@ -1,0 +1,16 @@
+"""Client SDK for the Coded-InvNet frontend: `Client` (blocking) and `AsyncClient` (asyncio).
+
+    from coded_invnet.client import Client
+    with Client("127.0.0.1:8001", model="mnist") as client:
+        p = client.predict(image)  # image: float32 (1, 28, 28)
+        print(p.label, p.probabilities.max(), p.reconstructed, p.coding_mode, p.latency_ms)
+
+Note: this imports the `inference` protobuf package, as tritonclient.grpc does; use one of the two per
+process.
+"""
+
+from coded_invnet.client.aio import AsyncClient
+from coded_invnet.client.core import Prediction, PredictionError, StreamResult
+from coded_invnet.client.sync import Client
+
+__all__ = ["AsyncClient", "Client", "Prediction", "PredictionError", "StreamResult"]

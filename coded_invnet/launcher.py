@@ -1,0 +1,257 @@
+"""Start the whole serving system as local processes on loopback ports, and stop it cleanly.
+
+Command line (prints the ports, runs until Ctrl-C or SIGTERM)::
+
+    python -m coded_invnet.launcher --model-dir models/mnist --mode coded-invnet --k 10
+
+Python API (used by the tests, the demo, the chaos runner and the benchmarks)::
+
+    from coded_invnet.launcher import launch
+
+    with launch("models/mnist", mode="coded-invnet", k=10) as system:
+        system.frontend.target          # "127.0.0.1:PORT", for the client SDK or tritonclient
+        system.workers[3].kill()        # SIGKILL data worker 3 (pid: system.workers[3].pid)
+        system.workers[1].pause()       # SIGSTOP: a straggler; .resume() sends SIGCONT
+        system.parity_worker, system.encoder, system.decoder  # None in modes "none"/"replication"
+        system.services                 # every ServiceProcess by name: "frontend", "worker-0", ...
+    # on exit: SIGTERM to every process, SIGKILL to those still alive after `stop_grace_s`
+
+`launch` starts k data workers, and for the coded modes a parity worker, an encoder and a decoder, then
+the frontend pointed at them; each gets free loopback ports (gRPC and Prometheus) and a log file under
+`log_dir` (a temporary folder unless given). It returns once every process answers SERVING on the
+grpc.health.v1 service, or raises `LaunchError` with the tail of the failing process's log.
+Extra settings go to every process (`settings`) or to one service (`frontend_settings`,
+`worker_settings`) as config field names, e.g. ``frontend_settings={"straggler_timeout_ms": 30}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from coded_invnet.serving.config import ServingConfig
+
+HOST = "127.0.0.1"
+CODED_MODES = ("parm", "coded-invnet")
+Settings = Mapping[str, object]
+
+
+class LaunchError(RuntimeError):
+    """A service did not start or did not become healthy in time."""
+
+
+@dataclass
+class ServiceProcess:
+    """One running service: its name, ports, process and log file."""
+
+    name: str
+    port: int
+    metrics_port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def target(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies without any clean-up (a crashed node)."""
+        self._signal(signal.SIGKILL)
+        self.process.wait()
+
+    def pause(self) -> None:
+        """SIGSTOP: the process hangs with its connections open (a straggler)."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def terminate(self, grace_s: float) -> None:
+        """SIGTERM (graceful shutdown), then SIGKILL after grace_s."""
+        if not self.alive():
+            return
+        self._signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+        self._signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.alive():
+            self.process.send_signal(sig)
+
+
+@dataclass
+class System:
+    """The running services of one `launch`."""
+
+    frontend: ServiceProcess
+    workers: list[ServiceProcess]
+    parity_worker: ServiceProcess | None
+    encoder: ServiceProcess | None
+    decoder: ServiceProcess | None
+    log_dir: Path
+    mode: str
+    k: int
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        every = [*self.workers, self.parity_worker, self.encoder, self.decoder, self.frontend]
+        self.services = {s.name: s for s in every if s is not None}
+
+
+def free_port() -> int:
+    """A port free right now on loopback (the OS could hand it out again, which is rare enough here)."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _flags(settings: Settings) -> list[str]:
+    known = set(ServingConfig.__dataclass_fields__)
+    flags: list[str] = []
+    for name, value in settings.items():
+        if name not in known:
+            raise LaunchError(f"unknown setting {name!r}; see coded_invnet.serving.config")
+        text = ",".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+        flags += ["--" + name.replace("_", "-"), text]
+    return flags
+
+
+def _start(name: str, service: str, settings: Settings, log_dir: Path) -> ServiceProcess:
+    port, metrics_port = free_port(), free_port()
+    all_settings = {"host": HOST, "port": port, "metrics_port": metrics_port, **settings}
+    log_path = log_dir / f"{name}.log"
+    command = [sys.executable, "-m", f"services.{service}.server", *_flags(all_settings)]
+    with open(log_path, "wb") as log:
+        # own process group: Ctrl-C in the launcher's terminal reaches only the launcher, which then
+        # stops the services in order
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return ServiceProcess(name, port, metrics_port, process, log_path)
+
+
+def wait_serving(services: list[ServiceProcess], timeout_s: float) -> None:
+    """Block until every service answers SERVING on grpc.health.v1, or raise LaunchError."""
+    deadline = time.monotonic() + timeout_s
+    for service in services:
+        with grpc.insecure_channel(service.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while True:
+                if not service.alive():
+                    raise LaunchError(
+                        f"{service.name} exited with code {service.process.returncode}; its log "
+                        f"({service.log_path}) ends:\n{service.log_tail()}"
+                    )
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise LaunchError(
+                        f"{service.name} was not SERVING within {timeout_s:.0f} s; its log ends:\n"
+                        f"{service.log_tail()}"
+                    )
+                try:
+                    reply = health.Check(health_pb2.HealthCheckRequest(), timeout=min(1.0, left))
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        break
+                except grpc.RpcError:
+                    pass  # not listening yet
+                time.sleep(0.1)
+
+
+@contextmanager
+def launch(
+    model_dir: str | os.PathLike[str] = "models/mnist",
+    mode: str = "coded-invnet",
+    k: int = 10,
+    *,
+    settings: Settings | None = None,
+    frontend_settings: Settings | None = None,
+    worker_settings: Settings | None = None,
+    log_dir: str | os.PathLike[str] | None = None,
+    ready_timeout_s: float = 120.0,
+    stop_grace_s: float = 5.0,
+) -> Iterator[System]:
+    """Start the system, yield it once every service is SERVING, stop everything on exit."""
+    common: dict[str, object] = {"mode": mode, "k": k, **(settings or {})}
+    # one onnxruntime thread per model process: many processes share few cores
+    model_common: dict[str, object] = {"model_dir": str(model_dir), "ort_threads": 1, **common}
+    with ExitStack() as stack:
+        if log_dir is None:
+            log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="coded-invnet-"))
+        logs = Path(log_dir)
+        logs.mkdir(parents=True, exist_ok=True)
+        started: list[ServiceProcess] = []
+
+        @stack.callback
+        def stop_all() -> None:
+            for service in reversed(started):
+                service.terminate(stop_grace_s)
+
+        def start(name: str, service: str, extra: Settings) -> ServiceProcess:
+            started.append(_start(name, service, extra, logs))
+            return started[-1]
+
+        worker_extra = {**model_common, **(worker_settings or {})}
+        workers = [start(f"worker-{i}", "worker", {**worker_extra, "role": "data"}) for i in range(k)]
+        parity = encoder = decoder = None
+        if mode in CODED_MODES:
+            parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"})
+            encoder = start("encoder", "encoder", model_common)
+            decoder = start("decoder", "decoder", model_common)
+        backends = {
+            "workers": [w.target for w in workers],
+            **({"parity_worker": parity.target} if parity else {}),
+            **({"encoder": encoder.target} if encoder else {}),
+            **({"decoder": decoder.target} if decoder else {}),
+        }
+        frontend = start("frontend", "frontend", {**common, **backends, **(frontend_settings or {})})
+        wait_serving(started, ready_timeout_s)
+        yield System(frontend, workers, parity, encoder, decoder, logs, mode, k)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", default="models/mnist")
+    parser.add_argument("--mode", default="coded-invnet", choices=("none", "replication", *CODED_MODES))
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--log-dir", default="results/logs", help="one log file per service")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the clean-up of `launch`
+    with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
+        for name, service in system.services.items():
+            print(f"{name:14s} {service.target:22s} metrics :{service.metrics_port:<6d} pid {service.pid}")
+        print(f"all SERVING; clients: {system.frontend.target}; logs: {system.log_dir}; Ctrl-C stops")
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            print("stopping")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""gRPC implementation of the batcher's `Backends`: data workers, encoder, parity worker, decoder.
+
+Each call is a unary RPC with the channel's deadline and UNAVAILABLE retries (shared service config);
+cancelling the awaiting task cancels the RPC, which is how a straggler's call is withdrawn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from coded_invnet.proto import coded_pb2, coded_pb2_grpc
+from coded_invnet.serving.channels import create_channel
+from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.errors import ConfigError, Unavailable
+from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
+from services.frontend.batcher import WorkerOutput
+
+DNS_SCHEME = "dns:///"
+
+
+def resolve_workers(targets: Sequence[str], k: int) -> list[str]:
+    """Static "host:port" list, or one "dns:///name:port" whose A records are the workers.
+
+    For Kubernetes, point the DNS name at a headless Service over the worker StatefulSet: its records
+    are the pod IPs; sorted, so every frontend replica deals batch j to the same worker.
+    """
+    if len(targets) == 1 and targets[0].startswith(DNS_SCHEME):
+        host, _, port = targets[0].removeprefix(DNS_SCHEME).rpartition(":")
+        try:
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+        except (socket.gaierror, ValueError) as exc:
+            raise Unavailable(f"cannot resolve workers {targets[0]!r}: {exc}") from None
+        addresses = sorted({str(info[4][0]) for info in infos})
+        found = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+    else:
+        found = list(targets)
+    if len(found) < k:
+        raise Unavailable(f"found {len(found)} data workers ({', '.join(found) or 'none'}); k={k} needed")
+    return found[:k]
+
+
+def check_targets(cfg: ServingConfig) -> None:
+    if not cfg.workers:
+        raise ConfigError("CODED_WORKERS (--workers) names no data worker")
+    if cfg.mode in ("parm", "coded-invnet") and not (cfg.parity_worker and cfg.encoder and cfg.decoder):
+        raise ConfigError(
+            f"mode {cfg.mode} needs CODED_PARITY_WORKER, CODED_ENCODER and CODED_DECODER; "
+            "without them use mode none or replication"
+        )
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The data workers' model as the frontend serves it."""
+
+    input_name: str
+    image_shape: tuple[int, ...]  # (C, H, W)
+    num_classes: int
+
+
+class GrpcBackends:
+    """Channels and stubs to every backend; create inside the event loop, `close()` when done."""
+
+    def __init__(self, cfg: ServingConfig, workers: Sequence[str]) -> None:
+        def channel(target: str) -> grpc.aio.Channel:
+            return create_channel(
+                target, timeout_s=cfg.rpc_timeout_s, max_message_bytes=cfg.max_message_bytes
+            )
+
+        self._cfg = cfg
+        self._channels = [channel(t) for t in workers]
+        self._workers = [coded_pb2_grpc.WorkerStub(c) for c in self._channels]
+        self._parity: coded_pb2_grpc.WorkerStub | None = None
+        self._encoder: coded_pb2_grpc.EncoderStub | None = None
+        self._decoder: coded_pb2_grpc.DecoderStub | None = None
+        if cfg.mode in ("parm", "coded-invnet"):
+            parity, encoder, decoder = channel(cfg.parity_worker), channel(cfg.encoder), channel(cfg.decoder)
+            self._channels += [parity, encoder, decoder]
+            self._parity = coded_pb2_grpc.WorkerStub(parity)
+            self._encoder = coded_pb2_grpc.EncoderStub(encoder)
+            self._decoder = coded_pb2_grpc.DecoderStub(decoder)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close(None) for c in self._channels))
+
+    async def describe_model(self, wait_s: float) -> ModelSpec:
+        """Ask data worker 0 for its model's input and output shapes (waiting for it to come up)."""
+        description = await self._workers[0].Describe(
+            coded_pb2.DescribeRequest(), timeout=wait_s, wait_for_ready=True
+        )
+        inputs = {t.name: t for t in description.inputs}
+        outputs = {t.name: t for t in description.outputs}
+        if len(inputs) != 1 or "logits" not in outputs:
+            raise Unavailable(f"data worker model has inputs {list(inputs)} and outputs {list(outputs)}")
+        (spec,) = inputs.values()
+        return ModelSpec(spec.name, tuple(int(d) for d in spec.shape[1:]), int(outputs["logits"].shape[-1]))
+
+    async def _call(self, rpc: object, who: str, group_id: int, index: int, **arrays: np.ndarray) -> dict:
+        batch = coded_pb2.Batch(group_id=group_id, index=index, tensors=arrays_to_proto(arrays))
+        try:
+            result = await rpc(batch, timeout=self._cfg.rpc_timeout_s)  # type: ignore[operator]
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"{who}: {exc.code().name} {exc.details()}") from None
+        if result.HasField("error"):
+            raise Unavailable(f"{who}: status {result.error.code} {result.error.message}")
+        return arrays_from_proto(result.tensors, max_bytes=self._cfg.max_message_bytes)
+
+    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
+        out = await self._call(
+            self._workers[worker].Infer, f"data worker {worker}", group_id, index, x=images
+        )
+        return WorkerOutput(out["logits"], out.get("z"))
+
+    async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
+        assert self._encoder is not None
+        k = batches.shape[1]
+        return (await self._call(self._encoder.Encode, "encoder", group_id, k, x=batches))["parity"]
+
+    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+        assert self._parity is not None
+        k = self._cfg.k
+        out = await self._call(self._parity.Infer, "parity worker", group_id, k, x=parity_images)
+        return out["z"] if self._cfg.mode == "coded-invnet" else out["logits"]
+
+    async def decode(
+        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+    ) -> np.ndarray:
+        assert self._decoder is not None
+        out = await self._call(
+            self._decoder.Decode, "decoder", group_id, missing, parity=parity, available=available
+        )
+        return out["logits"]

@@ -1,0 +1,97 @@
+"""Frontend service: the Open Inference Protocol endpoint in front of the coded worker pool.
+
+    python -m services.frontend.server --workers h:p,h:p --parity-worker h:p --encoder h:p --decoder h:p
+
+Settings: CODED_* env vars or flags (coded_invnet.serving.config, service "frontend"). Health stays
+NOT_SERVING until data worker 0 has described its model (input name and shape).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from coded_invnet.proto import inference_pb2, inference_pb2_grpc
+from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.lifecycle import ServiceHost, run_service
+from coded_invnet.serving.metrics import ServingMetrics
+from services.frontend.backends import GrpcBackends, ModelSpec, check_targets, resolve_workers
+from services.frontend.batcher import Batcher, GroupReport
+from services.frontend.servicer import InferenceServicer
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+DESCRIBE_WAIT_S = 300.0  # workers may still be loading their models
+
+
+@dataclass
+class FrontendServer:
+    """The frontend's parts, wired; `start()` inside the event loop, then `stop()`."""
+
+    cfg: ServingConfig
+    host: ServiceHost
+    backends: GrpcBackends
+    batcher: Batcher
+    spec: ModelSpec | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.batcher.start()
+        # the host runs warm-up in a thread; ours is async, so that thread waits on the loop
+        await self.host.start(lambda: asyncio.run_coroutine_threadsafe(self._describe(), loop).result())
+
+    async def _describe(self) -> None:
+        self.spec = await self.backends.describe_model(DESCRIBE_WAIT_S)
+        log.info("model described", extra={"spec": self.spec})
+
+    async def close(self) -> None:
+        """After the host stopped: finish in-flight groups, close the backend channels."""
+        await self.batcher.stop()
+        await self.backends.close()
+
+    def record_group(self, report: GroupReport) -> None:
+        if report.reconstructed_batches:
+            self.host.metrics.record_decode(self.cfg.mode, report.decode_seconds * 1e6)
+
+
+def build(cfg: ServingConfig) -> FrontendServer:
+    """Wire the frontend (inside a running event loop); nothing is started yet."""
+    check_targets(cfg)
+    metrics = ServingMetrics(cfg.model_name)
+    host = ServiceHost(cfg, [SERVICE_NAME], metrics)
+    backends = GrpcBackends(cfg, resolve_workers(cfg.workers, cfg.k))
+    frontend = FrontendServer(cfg, host, backends, Batcher(cfg, backends))
+    frontend.batcher.on_group = frontend.record_group
+    servicer = InferenceServicer(
+        frontend.batcher, cfg.model_name, cfg.mode, metrics, lambda: frontend.spec, cfg.max_message_bytes
+    )
+    inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, host.server)
+    return frontend
+
+
+async def create_server(cfg: ServingConfig) -> tuple[grpc.aio.Server, int]:
+    """A started frontend (NOT_SERVING until its data workers answer) and its port."""
+    frontend = build(cfg)
+    await frontend.start()
+    return frontend.host.server, frontend.host.port
+
+
+async def serve(cfg: ServingConfig) -> None:
+    frontend = build(cfg)
+    await frontend.start()
+    try:
+        await frontend.host.run_until_signalled()
+    finally:
+        await frontend.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    run_service("frontend", serve, argv)
+
+
+if __name__ == "__main__":
+    main()
