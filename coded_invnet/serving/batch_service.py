@@ -1,5 +1,5 @@
 """The Batch → BatchResult plumbing shared by the worker, encoder and decoder servicers: tensor
-decoding, metrics, per-batch errors, and concurrent stream processing with in-stream cancellation."""
+decoding, metrics, per-batch errors, concurrent stream processing with in-stream cancellation."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import grpc
 import numpy as np
 
 from coded_invnet.proto import coded_pb2
@@ -17,8 +18,8 @@ from coded_invnet.serving.metrics import RequestTiming, ServingMetrics
 from coded_invnet.serving.onnx_model import Computed, OnnxModel, TensorSpec
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 
-# (input arrays by name, the batch's position in its group) → outputs
-Process = Callable[[dict[str, np.ndarray], int], Awaitable[Computed]]
+# input arrays by name → outputs
+Process = Callable[[dict[str, np.ndarray]], Awaitable[Computed]]
 BatchKey = tuple[int, int]
 PENDING_PER_SLOT = 16  # a stream may queue this many batches per concurrent slot before RESOURCE_EXHAUSTED
 
@@ -43,7 +44,7 @@ class BatchService:
             if not batch.tensors:
                 raise InvalidInput("batch has no tensors")
             arrays = arrays_from_proto(batch.tensors, max_bytes=self.max_message_bytes)
-            computed = await self.process(arrays, batch.index)
+            computed = await self.process(arrays)
         except asyncio.CancelledError:
             self.metrics.record_failure("CANCELLED", (time.perf_counter() - received) * 1e6)
             raise
@@ -116,16 +117,43 @@ def failed(batch: coded_pb2.Batch, error: BaseException) -> coded_pb2.BatchResul
     return coded_pb2.BatchResult(group_id=batch.group_id, index=batch.index, error=batch_status(error))
 
 
-def model_description(model: OnnxModel, cfg: ServingConfig, role: str) -> coded_pb2.ModelDescription:
+def model_description(model: OnnxModel | None, cfg: ServingConfig, role: str) -> coded_pb2.ModelDescription:
+    """What a service runs; `model` is None for the ParM decoder, which runs no model."""
+
     def specs(tensors: tuple[TensorSpec, ...]) -> list[coded_pb2.TensorSpec]:
         return [coded_pb2.TensorSpec(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
 
-    return coded_pb2.ModelDescription(
-        model_name=model.name,
-        mode=cfg.mode,
-        k=cfg.k,
-        role=role,
-        inputs=specs(model.inputs),
-        outputs=specs(model.outputs),
-        execution_provider=model.provider,
-    )
+    description = coded_pb2.ModelDescription(mode=cfg.mode, k=cfg.k, role=role)
+    if model is not None:
+        description.model_name = model.name
+        description.inputs.extend(specs(model.inputs))
+        description.outputs.extend(specs(model.outputs))
+        description.execution_provider = model.provider
+    return description
+
+
+class BatchServicer:
+    """Unary, stream and Describe handlers over a BatchService; each service's servicer binds them to
+    its RPC names (Infer/InferStream, Encode/EncodeStream, Decode/DecodeStream)."""
+
+    def __init__(self, batches: BatchService, model: OnnxModel | None, cfg: ServingConfig, role: str) -> None:
+        self.batches = batches
+        self.model = model
+        self.cfg = cfg
+        self.role = role
+
+    async def unary(
+        self, request: coded_pb2.Batch, context: grpc.aio.ServicerContext
+    ) -> coded_pb2.BatchResult:
+        return await self.batches.handle(request)
+
+    async def stream(
+        self, request_iterator: AsyncIterator[coded_pb2.Batch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[coded_pb2.BatchResult]:
+        async for result in self.batches.stream(request_iterator):
+            yield result
+
+    async def describe(
+        self, request: coded_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> coded_pb2.ModelDescription:
+        return model_description(self.model, self.cfg, self.role)

@@ -19,6 +19,7 @@ from coded_invnet.coding import CODING_MODES
 from coded_invnet.serving.errors import ConfigError
 
 SERVICES = ("worker", "encoder", "decoder", "frontend")
+DECODABLE_MODES = ("parm", "coded-invnet")  # the modes with a parity path (encoder, parity worker, decoder)
 MODEL_SERVICES = ("worker", "encoder", "decoder")
 WORKER = ("worker",)
 FRONTEND = ("frontend",)
@@ -71,6 +72,11 @@ class ServingConfig:
         if self.model_file is not None:
             return self.model_file
         return self.model_dir / default_model_file(self.service, self.mode, self.role, self.k)
+
+
+def require_decodable_mode(cfg: ServingConfig) -> None:
+    if cfg.mode not in DECODABLE_MODES:
+        raise ConfigError(f"CODED_MODE={cfg.mode!r}: the {cfg.service} needs one of {DECODABLE_MODES}")
 
 
 def default_model_file(service: str, mode: str, role: str, k: int) -> str:

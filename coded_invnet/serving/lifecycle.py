@@ -98,9 +98,32 @@ class ServiceHost:
         signalled.cancel()
 
 
+CreateServer = Callable[[ServingConfig], Coroutine[Any, Any, tuple[grpc.aio.Server, int]]]
+Serve = Callable[[ServingConfig], Coroutine[Any, Any, None]]
+
+
+def entry_points(
+    service: str, start: Callable[[ServingConfig], Coroutine[Any, Any, ServiceHost]]
+) -> tuple[CreateServer, Serve, Callable[[], None]]:
+    """`create_server(cfg) -> (server, port)`, `serve(cfg)` and `main()` of a service, from its `start`."""
+
+    async def create_server(cfg: ServingConfig) -> tuple[grpc.aio.Server, int]:
+        """A started server (NOT_SERVING until its model is loaded and warmed up) and its port."""
+        host = await start(cfg)
+        return host.server, host.port
+
+    async def serve(cfg: ServingConfig) -> None:
+        await (await start(cfg)).run_until_signalled()
+
+    def main() -> None:
+        run_service(service, serve)
+
+    return create_server, serve, main
+
+
 def run_service(
     service: str,
-    serve: Callable[[ServingConfig], Coroutine[Any, Any, None]],
+    serve: Serve,
     argv: Sequence[str] | None = None,
 ) -> None:
     """Entry point of `python -m services.<service>.server`: config (exit 2 naming a bad setting), JSON

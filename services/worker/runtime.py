@@ -75,6 +75,6 @@ class WorkerRuntime:
         self.model = model
         self.faults = faults
 
-    async def infer(self, feeds: dict[str, np.ndarray], index: int = 0) -> Computed:
+    async def infer(self, feeds: dict[str, np.ndarray]) -> Computed:
         await self.faults.apply()
         return await self.model.infer(feeds)

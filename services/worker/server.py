@@ -3,14 +3,10 @@ coded_invnet.serving.config). Data and parity workers are the same service with 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import grpc
-
 from coded_invnet.proto import coded_pb2_grpc
 from coded_invnet.serving.batch_service import BatchService
 from coded_invnet.serving.config import ServingConfig
-from coded_invnet.serving.lifecycle import ServiceHost, run_service
+from coded_invnet.serving.lifecycle import ServiceHost, entry_points
 from coded_invnet.serving.metrics import ServingMetrics
 from coded_invnet.serving.onnx_model import open_model
 from services.worker.runtime import FaultInjector, FaultSpec, WorkerRuntime
@@ -30,19 +26,7 @@ async def start(cfg: ServingConfig) -> ServiceHost:
     return host
 
 
-async def create_server(cfg: ServingConfig) -> tuple[grpc.aio.Server, int]:
-    """A started server (NOT_SERVING until the model is loaded and warmed up) and its port."""
-    host = await start(cfg)
-    return host.server, host.port
-
-
-async def serve(cfg: ServingConfig) -> None:
-    await (await start(cfg)).run_until_signalled()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    run_service("worker", serve, argv)
-
+create_server, serve, main = entry_points("worker", start)
 
 if __name__ == "__main__":
     main()

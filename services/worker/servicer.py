@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import grpc
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.serving.batch_service import BatchService, model_description
+from coded_invnet.serving.batch_service import BatchService, BatchServicer
 from coded_invnet.serving.config import ServingConfig
 from services.worker.runtime import FaultSpec, WorkerRuntime
 
@@ -33,27 +31,14 @@ def faults_from_proto(config: coded_pb2.FaultConfig) -> FaultSpec:
     return FaultSpec(kind, config.delay_ms, config.delay_probability, config.failure_probability, config.seed)
 
 
-class WorkerServicer(coded_pb2_grpc.WorkerServicer):
+class WorkerServicer(BatchServicer, coded_pb2_grpc.WorkerServicer):
+    Infer = BatchServicer.unary
+    InferStream = BatchServicer.stream
+    Describe = BatchServicer.describe
+
     def __init__(self, runtime: WorkerRuntime, batches: BatchService, cfg: ServingConfig) -> None:
+        super().__init__(batches, runtime.model, cfg, cfg.role)
         self.runtime = runtime
-        self.batches = batches
-        self.cfg = cfg
-
-    async def Infer(
-        self, request: coded_pb2.Batch, context: grpc.aio.ServicerContext
-    ) -> coded_pb2.BatchResult:
-        return await self.batches.handle(request)
-
-    async def InferStream(
-        self, request_iterator: AsyncIterator[coded_pb2.Batch], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[coded_pb2.BatchResult]:
-        async for result in self.batches.stream(request_iterator):
-            yield result
-
-    async def Describe(
-        self, request: coded_pb2.DescribeRequest, context: grpc.aio.ServicerContext
-    ) -> coded_pb2.ModelDescription:
-        return model_description(self.runtime.model, self.cfg, self.cfg.role)
 
     async def SetFaults(
         self, request: coded_pb2.FaultConfig, context: grpc.aio.ServicerContext

@@ -1,0 +1,1 @@
+"""Decoder service: reconstructs a missing prediction from the parity and the other k-1 results."""

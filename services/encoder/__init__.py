@@ -1,0 +1,1 @@
+"""Encoder service: runs the parity encoder F_k over coding groups."""
