@@ -14,6 +14,7 @@ Python API (used by the tests, the demo, the chaos runner and the benchmarks)::
         system.workers[1].pause()       # SIGSTOP: a straggler; .resume() sends SIGCONT
         system.parity_worker, system.encoder, system.decoder  # None in modes "none"/"replication"
         system.services                 # every ServiceProcess by name: "frontend", "worker-0", ...
+        system.restart("worker-3")      # start it again on its old ports, wait until SERVING
     # on exit: SIGTERM to every process, SIGKILL to those still alive after `stop_grace_s`
 
 `launch` starts k data workers, and for the coded modes a parity worker, an encoder and a decoder, then
@@ -62,6 +63,7 @@ class ServiceProcess:
     metrics_port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    command: list[str]
 
     @property
     def pid(self) -> int:
@@ -97,6 +99,12 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.kill()
 
+    def restart(self) -> None:
+        """Start the same command again (same ports, log appended) after the process died or was killed."""
+        if self.alive():
+            self.kill()
+        self.process = _spawn(self.command, self.log_path, append=True)
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -126,6 +134,12 @@ class System:
         every = [*self.workers, self.parity_worker, self.encoder, self.decoder, self.frontend]
         self.services = {s.name: s for s in every if s is not None}
 
+    def restart(self, name: str, ready_timeout_s: float = 60.0) -> None:
+        """Restart service `name` (e.g. a killed "worker-3") on its old ports; return once it is SERVING."""
+        service = self.services[name]
+        service.restart()
+        wait_serving([service], ready_timeout_s)
+
 
 def free_port() -> int:
     """A port free right now on loopback (the OS could hand it out again, which is rare enough here)."""
@@ -150,11 +164,14 @@ def _start(name: str, service: str, settings: Settings, log_dir: Path) -> Servic
     all_settings = {"host": HOST, "port": port, "metrics_port": metrics_port, **settings}
     log_path = log_dir / f"{name}.log"
     command = [sys.executable, "-m", f"services.{service}.server", *_flags(all_settings)]
-    with open(log_path, "wb") as log:
-        # own process group: Ctrl-C in the launcher's terminal reaches only the launcher, which then
-        # stops the services in order
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return ServiceProcess(name, port, metrics_port, process, log_path)
+    return ServiceProcess(name, port, metrics_port, _spawn(command, log_path), log_path, command)
+
+
+def _spawn(command: list[str], log_path: Path, append: bool = False) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab" if append else "wb") as log:
+        # own session: Ctrl-C in the launcher's terminal reaches only the launcher, which then stops
+        # the services in order
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_serving(services: list[ServiceProcess], timeout_s: float) -> None:
