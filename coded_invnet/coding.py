@@ -7,14 +7,16 @@ missing one by subtraction: z_j ≈ k·z_p − Σ_{i≠j} z_i. ParM uses the sam
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the serving image has no torch: these functions need only numpy at run time
+    import torch
 
 CODING_MODES = ("none", "replication", "parm", "coded-invnet")
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 
 class CodingError(ValueError):

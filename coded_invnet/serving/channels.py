@@ -1,57 +1,42 @@
-"""Client channels: every unary RPC gets a deadline and retries on UNAVAILABLE from the channel's
-service config (no hand-written retry loops); message size limits match the servers'.
+"""Client channels: every RPC gets a deadline, retries on UNAVAILABLE come from the channel's service
+config (no hand-written retry loops), and message size limits match the servers'.
 
-Streams are long-lived, so the config gives them retries but no deadline: callers bound each
-streamed batch themselves (the frontend's straggler deadline).
+The default deadline is set by a client interceptor on calls made without one, not by the service
+config's `timeout`: grpcio's Python channels apply that one wrongly (calls fail at once with
+DEADLINE_EXCEEDED; grpc/grpc#34547, #40633). Streams are long-lived, so they get no default deadline:
+callers bound each streamed batch themselves (the frontend's straggler deadline).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
-from coded_invnet.proto import coded_pb2
-
-# Triton's stream method, named by string: importing inference_pb2 here would clash with tritonclient.
-STREAMING_METHODS: tuple[tuple[str, str], ...] = (
-    ("inference.GRPCInferenceService", "ModelStreamInfer"),
-    *(
-        (service.full_name, method.name)
-        for service in coded_pb2.DESCRIPTOR.services_by_name.values()
-        for method in service.methods
-        if method.client_streaming or method.server_streaming
-    ),
-)
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRY_POLICY = {
+    "maxAttempts": 3,
+    "initialBackoff": "0.05s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
 
 
-def service_config(
-    timeout_s: float,
-    max_attempts: int = 3,
-    streaming_methods: Sequence[tuple[str, str]] = STREAMING_METHODS,
-) -> str:
-    retry = {
-        "maxAttempts": max_attempts,
-        "initialBackoff": "0.05s",
-        "maxBackoff": "1s",
-        "backoffMultiplier": 2,
-        "retryableStatusCodes": ["UNAVAILABLE"],
-    }
-    streams = [{"service": service, "method": method} for service, method in streaming_methods]
-    return json.dumps(
-        {
-            "methodConfig": [
-                {"name": [{}], "timeout": f"{timeout_s:.3f}s", "retryPolicy": retry},
-                {"name": streams, "retryPolicy": retry},
-            ]
-        }
-    )
+def service_config() -> str:
+    return json.dumps({"methodConfig": [{"name": [{}], "retryPolicy": RETRY_POLICY}]})
 
 
-def channel_options(timeout_s: float, max_message_bytes: int) -> list[tuple[str, str | int]]:
+def channel_options(
+    timeout_s: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> list[tuple[str, str | int]]:
+    """Options for grpc.insecure_channel / grpc.aio.insecure_channel. `timeout_s` is not among them
+    (see the module doc): use create_channel / create_sync_channel for the default deadline."""
     return [
-        ("grpc.service_config", service_config(timeout_s)),
+        ("grpc.service_config", service_config()),
         ("grpc.enable_retries", 1),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -62,8 +47,76 @@ def channel_options(timeout_s: float, max_message_bytes: int) -> list[tuple[str,
     ]
 
 
+class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    """Gives unary-request calls made without a timeout the default one (grpc.aio channels)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def _with_deadline(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        if details.timeout is not None:
+            return details
+        return grpc.aio.ClientCallDetails(
+            details.method, self.timeout_s, details.metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._with_deadline(client_call_details), request)
+
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._with_deadline(client_call_details), request)
+
+
+class SyncDefaultDeadline(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """The same for blocking grpc channels."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    def _with_deadline(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        if details.timeout is not None:
+            return details
+        return _SyncCallDetails(details, self.timeout_s)
+
+    def intercept_unary_unary(
+        self, continuation: Callable[..., Any], client_call_details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        return continuation(self._with_deadline(client_call_details), request)
+
+    def intercept_unary_stream(
+        self, continuation: Callable[..., Any], client_call_details: grpc.ClientCallDetails, request: Any
+    ) -> Any:
+        return continuation(self._with_deadline(client_call_details), request)
+
+
+class _SyncCallDetails(grpc.ClientCallDetails):
+    def __init__(self, original: grpc.ClientCallDetails, timeout_s: float) -> None:
+        self.method = original.method
+        self.timeout = timeout_s
+        self.metadata = original.metadata
+        self.credentials = original.credentials
+        self.wait_for_ready = getattr(original, "wait_for_ready", None)
+        self.compression = getattr(original, "compression", None)
+
+
 def create_channel(
-    target: str, *, timeout_s: float = 10.0, max_message_bytes: int = 64 * 1024 * 1024
+    target: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
 ) -> grpc.aio.Channel:
     """An insecure grpc.aio channel to `target` ("host:port" or "dns:///name:port")."""
-    return grpc.aio.insecure_channel(target, options=channel_options(timeout_s, max_message_bytes))
+    return grpc.aio.insecure_channel(
+        target,
+        options=channel_options(timeout_s, max_message_bytes),
+        interceptors=[DefaultDeadline(timeout_s)],  # type: ignore[list-item]  # grpc-stubs lags grpc.aio
+    )
+
+
+def create_sync_channel(
+    target: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> grpc.Channel:
+    """The blocking counterpart of create_channel."""
+    channel = grpc.insecure_channel(target, options=channel_options(timeout_s, max_message_bytes))
+    return grpc.intercept_channel(channel, SyncDefaultDeadline(timeout_s))
