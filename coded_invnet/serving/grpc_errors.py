@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from coded_invnet.proto import coded_pb2
-from coded_invnet.serving.errors import ServingError
+from coded_invnet.serving.errors import InvalidInput, ServingError
 
 log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error (details in the server log)"
@@ -40,21 +41,58 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
+        # garbage bytes become INVALID_ARGUMENT (grpc would answer UNKNOWN) via a tolerant deserializer
+        parse = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary), handler.request_deserializer, handler.response_serializer
+                _wrap_unary(handler.unary_unary), parse, handler.response_serializer
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary), handler.request_deserializer, handler.response_serializer
+                _wrap_unary(handler.stream_unary, streamed=True), parse, handler.response_serializer
             )
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+                _wrap_stream(handler.unary_stream), parse, handler.response_serializer
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(handler.stream_stream), handler.request_deserializer, handler.response_serializer
+            _wrap_stream(handler.stream_stream, streamed=True), parse, handler.response_serializer
         )
+
+
+class _Undecodable:
+    """Stands for a request message that failed to parse."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserialize is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except DecodeError as error:
+            return _Undecodable(error)
+
+    return parse
+
+
+def _checked(request: Any, streamed: bool) -> Any:
+    """The request, or (streamed) an iterator over them, raising InvalidInput for an undecodable one."""
+
+    def check(message: Any) -> Any:
+        if isinstance(message, _Undecodable):
+            raise InvalidInput(f"the request is not a valid protobuf message: {message.error}")
+        return message
+
+    async def each(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for message in requests:
+            yield check(message)
+
+    return each(request) if streamed else check(request)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
@@ -62,10 +100,10 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     await context.abort(code, message)
 
 
-def _wrap_unary(behaviour: Any) -> Callable[..., Any]:
+def _wrap_unary(behaviour: Any, streamed: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await behaviour(request, context)
+            return await behaviour(_checked(request, streamed), context)
         except grpc.aio.AbortError:
             raise
         except Exception as error:
@@ -74,10 +112,10 @@ def _wrap_unary(behaviour: Any) -> Callable[..., Any]:
     return wrapped
 
 
-def _wrap_stream(behaviour: Any) -> Callable[..., Any]:
+def _wrap_stream(behaviour: Any, streamed: bool = False) -> Callable[..., Any]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behaviour(request, context):
+            async for response in behaviour(_checked(request, streamed), context):
                 yield response
         except grpc.aio.AbortError:
             raise

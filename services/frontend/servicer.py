@@ -134,13 +134,15 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
                 )
 
         async def read_all() -> None:
-            async for request in request_iterator:
-                task = asyncio.create_task(answer(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            while running:
-                await asyncio.gather(*list(running))
-            await answers.put(None)
+            try:
+                async for request in request_iterator:
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.gather(*list(running))
+            finally:
+                await answers.put(None)  # also when the request stream breaks
 
         reader = asyncio.create_task(read_all())
         try:
