@@ -93,6 +93,10 @@ def test_bad_input_is_rejected_and_the_server_keeps_serving(model_dir: Path) -> 
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
                 assert message in (caught.value.details() or ""), (case, caught.value.details())
 
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # not a protobuf message at all
+                await channel.unary_unary("/coded.v1.Worker/Infer")(b"\xff\xfe garbage", timeout=5)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Infer(batch(0, 0, x=images(400)), timeout=5)  # 1.25 MB > 1 MB limit
             assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
