@@ -316,3 +316,15 @@ def test_sigterm_drains_in_flight_requests_then_exits(model_dir: Path) -> None:
                 await process.wait()
 
     asyncio.run(scenario())
+
+
+def test_taken_port_is_a_config_error(model_dir: Path) -> None:
+    async def scenario() -> None:
+        first = await start_worker(service_config("worker", model_dir))
+        try:
+            with pytest.raises(ConfigError, match=f"127.0.0.1:{first.port}: cannot bind"):
+                await start_worker(service_config("worker", model_dir, port=first.port))
+        finally:
+            await first.stop()
+
+    asyncio.run(scenario())

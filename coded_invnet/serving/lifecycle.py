@@ -49,7 +49,10 @@ class ServiceHost:
             interceptors=[ErrorMappingInterceptor()], options=server_options(cfg.max_message_bytes)
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        try:
+            self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+        except RuntimeError as error:  # grpc's way of saying the address is taken or invalid
+            raise ConfigError(f"CODED_HOST/CODED_PORT {cfg.host}:{cfg.port}: cannot bind ({error})") from None
         self.metrics_port: int | None = None
 
     async def start(self, warm_up: Callable[[], None]) -> None:
@@ -80,6 +83,7 @@ class ServiceHost:
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.shutdown_grace_s)
+        self.metrics.close()
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:

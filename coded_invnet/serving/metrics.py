@@ -9,6 +9,7 @@ so several services can live in one process (tests) without clashing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
@@ -28,6 +29,7 @@ class ServingMetrics:
     def __init__(self, model: str, version: str = "1", registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         self.labels = (model, version)
+        self._http_server: WSGIServer | None = None
 
         def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
             return Counter(name, doc, MODEL_LABELS + extra, registry=self.registry)
@@ -65,5 +67,11 @@ class ServingMetrics:
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (port 0: any free)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(server.server_port)
+        self._http_server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._http_server.server_port)
+
+    def close(self) -> None:
+        if self._http_server is not None:
+            self._http_server.shutdown()
+            self._http_server.server_close()
+            self._http_server = None
