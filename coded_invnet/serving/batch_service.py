@@ -53,16 +53,15 @@ class BatchService:
             self.metrics.record_failure(reason, (time.perf_counter() - received) * 1e6)
             raise
         request_us = (time.perf_counter() - received) * 1e6
+        queue_us = max(request_us - computed.compute_us, 0.0)  # decoding, injected delay, thread hand-off
         first = next(iter(arrays.values()))
         rows = first.shape[0] if first.ndim else 1
-        self.metrics.record_success(
-            RequestTiming(rows, request_us, max(request_us - computed.compute_us, 0.0), computed.compute_us)
-        )
+        self.metrics.record_success(RequestTiming(rows, request_us, queue_us, computed.compute_us))
         return coded_pb2.BatchResult(
             group_id=batch.group_id,
             index=batch.index,
             tensors=arrays_to_proto(computed.outputs),
-            queue_us=int(request_us - computed.compute_us),
+            queue_us=int(queue_us),
             compute_us=int(computed.compute_us),
         )
 
