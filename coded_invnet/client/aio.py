@@ -6,12 +6,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
 
-import grpc
 import numpy as np
 
 from coded_invnet.client import core
 from coded_invnet.client.core import Prediction, StreamResult, build_request, parse_response, stream_result
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
+from coded_invnet.serving.channels import create_channel
 
 
 class AsyncClient:
@@ -25,7 +25,7 @@ class AsyncClient:
     ) -> None:
         self.model = model
         self.timeout_s = timeout_s
-        self._channel = grpc.aio.insecure_channel(target, options=core.options(timeout_s))
+        self._channel = create_channel(target, timeout_s=timeout_s)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:

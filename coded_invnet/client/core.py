@@ -8,11 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from coded_invnet.proto import inference_pb2
-from coded_invnet.serving.channels import channel_options
 
 DEFAULT_MODEL = "mnist"
 DEFAULT_TIMEOUT_S = 10.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class PredictionError(RuntimeError):
@@ -42,11 +40,6 @@ class StreamResult:
     index: int
     predictions: list[Prediction]
     error: PredictionError | None = None
-
-
-def options(timeout_s: float) -> list[tuple[str, str | int]]:
-    """Channel options: default deadline and retries on UNAVAILABLE via the service config."""
-    return channel_options(timeout_s, MAX_MESSAGE_BYTES)
 
 
 def as_batch(images: np.ndarray, image_ndim: int = 3) -> np.ndarray:

@@ -6,12 +6,12 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 
-import grpc
 import numpy as np
 
 from coded_invnet.client import core
 from coded_invnet.client.core import Prediction, StreamResult, build_request, parse_response, stream_result
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
+from coded_invnet.serving.channels import create_sync_channel
 
 
 class Client:
@@ -26,7 +26,7 @@ class Client:
     ) -> None:
         self.model = model
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target, options=core.options(timeout_s))
+        self._channel = create_sync_channel(target, timeout_s=timeout_s)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     def __enter__(self) -> Client:

@@ -1,0 +1,35 @@
+"""The local launcher: processes on free ports, all SERVING, restartable, all gone after exit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from frontend_helpers import random_images
+
+from coded_invnet.client import Client
+from coded_invnet.launcher import LaunchError, launch
+
+
+def test_launch_serves_restarts_and_stops_everything(model_dir: Path, tmp_path: Path) -> None:
+    with launch(model_dir, "none", 2, log_dir=tmp_path, settings={"shutdown_grace_s": 1}) as system:
+        assert set(system.services) == {"frontend", "worker-0", "worker-1"}
+        assert system.parity_worker is system.encoder is system.decoder is None
+        processes = list(system.services.values())
+        ports = {p.port for p in processes} | {p.metrics_port for p in processes}
+        assert len(ports) == 2 * len(processes)
+        assert all(p.alive() for p in processes)
+        system.workers[1].kill()
+        assert not system.workers[1].alive()
+        system.restart("worker-1")
+        assert system.workers[1].alive()
+        with Client(system.frontend.target, timeout_s=10) as client:
+            assert len(client.predict_batch(random_images(4))) == 4
+        assert (tmp_path / "frontend.log").stat().st_size > 0
+    assert not any(p.alive() for p in processes)
+    assert all(p.process.returncode == 0 for p in processes), "SIGTERM should stop every service cleanly"
+
+
+def test_launch_reports_a_service_that_cannot_start(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="worker-0 exited"), launch(tmp_path / "no-models", "none", 2):
+        pass
