@@ -13,6 +13,7 @@ import pytest
 from serving_models import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
+from coded_invnet.serving.batch_service import PENDING_PER_SLOT
 from services.worker.server import create_server
 
 
@@ -166,5 +167,22 @@ def test_faults_from_config_at_start(model_dir: Path) -> None:
             assert (await stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5)).failure_probability == 1.0
             result = [r async for r in stub.InferStream(iter([batch(3, 0, x=images(1))]), timeout=5)][0]
             assert result.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
+
+    asyncio.run(scenario())
+
+
+def test_stream_refuses_batches_beyond_its_pending_bound(model_dir: Path) -> None:
+    async def scenario() -> None:
+        cfg = service_config("worker", model_dir, max_inflight=1, fault_delay="fixed", fault_delay_ms=5000.0)
+        async with running(create_server, cfg) as channel:
+            requests = [batch(group, 0, x=images(1)) for group in range(PENDING_PER_SLOT + 1)]
+            call = coded_pb2_grpc.WorkerStub(channel).InferStream(iter(requests), timeout=20)
+            first = await call.read()  # the one over the bound is answered at once; the rest wait
+            assert isinstance(first, coded_pb2.BatchResult)
+            assert (first.group_id, first.error.code) == (
+                PENDING_PER_SLOT,
+                grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
+            )
+            call.cancel()
 
     asyncio.run(scenario())
