@@ -15,39 +15,23 @@ import json
 import shlex
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
 
-from coded_invnet.client import Client
+from coded_invnet.client import Client, StreamResult
 from coded_invnet.data import load_dataset
 from coded_invnet.launcher import launch
+from loadtest.openloop import Outcome, summarize
 
 
-def summarize(labels: np.ndarray, answers: dict[int, tuple[int, bool, float]], sent: int) -> dict[str, Any]:
-    """answers: query index → (predicted label, reconstructed, latency ms)."""
-    index = np.array(sorted(answers), dtype=np.int64)
-    predicted = np.array([answers[i][0] for i in index], dtype=np.int64)
-    rebuilt = np.array([answers[i][1] for i in index], dtype=bool)
-    latency = np.array([answers[i][2] for i in index], dtype=np.float64)
-    correct = predicted == labels[index] if len(index) else np.zeros(0, dtype=bool)
-
-    def pct(q: float) -> float:
-        return round(float(np.percentile(latency, q)), 3) if len(latency) else float("nan")
-
-    return {
-        "sent": sent,
-        "answered": len(index),
-        "lost": sent - len(index),
-        "reconstructed": int(rebuilt.sum()),
-        "accuracy": round(float(correct.mean()), 4) if len(index) else float("nan"),
-        "reconstructed_accuracy": round(float(correct[rebuilt].mean()), 4) if rebuilt.any() else None,
-        "p50_ms": pct(50),
-        "p99_ms": pct(99),
-        "p999_ms": pct(99.9),
-    }
+def outcome(result: StreamResult, label: int) -> Outcome:
+    if result.error is not None:
+        return Outcome(0.0, 0.0, result.error.status, -1, False, label)
+    p = result.predictions[0]
+    return Outcome(0.0, p.latency_ms, "OK", p.label, p.reconstructed, label)
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -59,6 +43,7 @@ def print_table(report: dict[str, Any]) -> None:
         ("accuracy (all answers)", report["accuracy"]),
         ("accuracy (reconstructed)", report["reconstructed_accuracy"]),
         ("latency p50 / p99 / p99.9 (ms)", f"{report['p50_ms']} / {report['p99_ms']} / {report['p999_ms']}"),
+        ("throughput (queries/s)", report["throughput_qps"]),
     ]
     print()
     for name, value in rows:
@@ -86,30 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         test = test.take(args.limit)
     sent = len(test)
-    answers: dict[int, tuple[int, bool, float]] = {}
-    errors: dict[str, int] = {}
+    outcomes: dict[int, Outcome] = {}
     print(
         f"starting {args.k} data workers + parity worker, encoder, decoder, frontend (mode {args.mode}) ..."
     )
     started = time.perf_counter()
     with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
         print(f"all SERVING after {time.perf_counter() - started:.1f} s; streaming {sent} queries")
+        streaming_started = time.perf_counter()
         victim = system.workers[args.victim % args.k]
         with Client(system.frontend.target, timeout_s=30) as client, tqdm(total=sent, unit="q") as bar:
             for result in client.stream(iter(test.images), window=args.window):
-                if result.error is not None:
-                    errors[result.error.status] = errors.get(result.error.status, 0) + 1
-                else:
-                    p = result.predictions[0]
-                    answers[result.index] = (p.label, p.reconstructed, p.latency_ms)
+                outcomes[result.index] = outcome(result, int(test.labels[result.index]))
                 bar.update()
-                if victim.alive() and len(answers) >= args.kill_at * sent:
+                if victim.alive() and len(outcomes) >= args.kill_at * sent:
                     victim.kill()
-                    tqdm.write(f"SIGKILLed {victim.name} (pid {victim.pid}) after {len(answers)} answers")
-    report = summarize(test.labels, answers, sent)
+                    tqdm.write(f"SIGKILLed {victim.name} (pid {victim.pid}) after {len(outcomes)} answers")
+        duration_s = time.perf_counter() - streaming_started
+    never_answered = [Outcome(0.0, 0.0, "LOST", -1, False, -1)] * (sent - len(outcomes))
+    report: dict[str, Any] = dict(summarize([*outcomes.values(), *never_answered], duration_s))
     report.update(
         {
-            "errors": errors,
+            "errors": dict(Counter(o.code for o in outcomes.values() if o.code != "OK")),
             "mode": args.mode,
             "k": args.k,
             "killed": victim.name,
