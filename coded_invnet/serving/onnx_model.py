@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import ConfigError, InvalidInput, ServingError, Unavailable
+from coded_invnet.serving.tensors import DTYPES
 
 log = logging.getLogger(__name__)
 ORT_DATATYPES = {
@@ -25,7 +26,6 @@ ORT_DATATYPES = {
     "tensor(uint8)": "UINT8",
     "tensor(bool)": "BOOL",
 }
-NUMPY_DTYPES = {"FP32": "float32", "FP16": "float16", "FP64": "float64", "INT64": "int64", "INT32": "int32"}
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,15 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]  # -1 for a dynamic dimension
 
+    @property
+    def dtype(self) -> np.dtype:
+        if self.datatype not in DTYPES:
+            raise ServingError(f"model tensor {self.name!r} has unsupported type {self.datatype}")
+        return DTYPES[self.datatype].newbyteorder("=")
+
     def check(self, array: np.ndarray) -> None:
         """Raise InvalidInput unless `array` fits this spec (dtype, rank, static dimensions)."""
-        if array.dtype != np.dtype(NUMPY_DTYPES.get(self.datatype, self.datatype)):
+        if array.dtype != self.dtype:
             raise InvalidInput(f"tensor {self.name!r} has dtype {array.dtype}; model expects {self.datatype}")
         fits = len(array.shape) == len(self.shape) and all(
             want in (-1, got) for want, got in zip(self.shape, array.shape, strict=True)
@@ -98,10 +104,7 @@ class OnnxModel:
         self.inputs = tuple(_spec(node) for node in session.get_inputs())
         self.outputs = tuple(_spec(node) for node in session.get_outputs())
         # Warm-up: the first run allocates and picks kernels; do it before reporting SERVING.
-        zeros = {
-            spec.name: np.zeros([max(dim, 1) for dim in spec.shape], NUMPY_DTYPES[spec.datatype])
-            for spec in self.inputs
-        }
+        zeros = {spec.name: np.zeros([max(dim, 1) for dim in spec.shape], spec.dtype) for spec in self.inputs}
         session.run(None, zeros)
         self._session = session
         log.info("model loaded", extra={"model": str(self.path), "provider": self.provider})
