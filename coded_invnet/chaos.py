@@ -1,0 +1,172 @@
+"""Chaos runner: keep open-loop load on the frontend and kill a data worker every few seconds.
+
+Where a cluster is configured (KUBECONFIG, or running in a pod) it deletes worker pods through the
+Kubernetes API and loads the frontend at --target; otherwise it launches the system locally and SIGKILLs
+worker processes, restarting each (as Kubernetes would reschedule the pod). It reports sent, answered,
+lost (must be 0), killed, reconstructed and reconstructed_accuracy, and writes them with the command:
+
+    python -m coded_invnet.chaos --duration 60 --out results/chaos.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from coded_invnet.client import AsyncClient
+from coded_invnet.data import load_dataset
+from loadtest.openloop import poisson_schedule, run_open_loop, summarize
+
+IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
+
+
+class WorkerKiller(Protocol):
+    @property
+    def slots(self) -> int:
+        """How many data workers there are to choose from."""
+        ...
+
+    async def kill(self, slot: int) -> str:
+        """Kill data worker ``slot``; returns its name."""
+        ...
+
+
+@dataclass(frozen=True)
+class PodKiller:
+    """Deletes data-worker pods (StatefulSet pods worker-0..worker-{slots-1}) with no grace period."""
+
+    core: Any  # kubernetes.client.CoreV1Api
+    namespace: str
+    slots: int
+    statefulset: str = "worker"
+
+    def delete_pod(self, slot: int) -> str:
+        name = f"{self.statefulset}-{slot}"
+        self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0, _request_timeout=10)
+        return name
+
+    async def kill(self, slot: int) -> str:
+        return await asyncio.to_thread(self.delete_pod, slot)
+
+
+def cluster_pod_killer(namespace: str, slots: int | None = None) -> PodKiller | None:
+    """A PodKiller when a cluster is configured (KUBECONFIG or in-cluster), else None."""
+    if not (os.environ.get("KUBECONFIG") or os.environ.get(IN_CLUSTER_ENV)):
+        return None
+    from kubernetes import client, config
+
+    if os.environ.get(IN_CLUSTER_ENV):
+        config.load_incluster_config()
+    else:
+        config.load_kube_config()
+    return PodKiller(client.CoreV1Api(), namespace, slots or int(os.environ.get("CODED_K", "10")))
+
+
+class LauncherKiller:
+    """SIGKILLs a local worker process, then starts it again on the same ports, as a replaced pod would be."""
+
+    def __init__(self, system: Any) -> None:  # coded_invnet.launcher.System
+        self._system = system
+        self.slots = len(system.workers)
+        self._restarts: list[asyncio.Task[None]] = []
+
+    async def kill(self, slot: int) -> str:
+        await self.wait_restarted()  # one worker down at a time, as the PodDisruptionBudget allows
+        worker = self._system.workers[slot]
+        worker.kill()
+        self._restarts.append(asyncio.create_task(asyncio.to_thread(self._system.restart, worker.name)))
+        return str(worker.name)
+
+    async def wait_restarted(self) -> None:
+        await asyncio.gather(*self._restarts)
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    duration_s: float
+    rate_qps: float
+    kill_every_s: float
+    timeout_s: float
+    seed: int
+
+
+async def run_chaos(
+    killer: WorkerKiller, target: str, model_name: str, dataset: str, plan: ChaosPlan
+) -> dict[str, Any]:
+    """Load `target` for plan.duration_s while killing a random data worker every plan.kill_every_s."""
+    test = load_dataset(dataset).test
+    schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
+    chooser = random.Random(plan.seed)
+    killed: list[str] = []
+    async with AsyncClient(target, model_name, plan.timeout_s) as client:
+        queries = run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
+        load = asyncio.create_task(queries)
+        start = time.perf_counter()
+        for due in np.arange(plan.kill_every_s, plan.duration_s, plan.kill_every_s):
+            await asyncio.sleep(max(0.0, start + due - time.perf_counter()))
+            killed.append(await killer.kill(chooser.randrange(killer.slots)))
+        outcomes = await load
+    return {**summarize(outcomes, plan.duration_s), "killed": len(killed), "killed_workers": killed}
+
+
+async def run_local(args: argparse.Namespace, plan: ChaosPlan) -> dict[str, Any]:
+    from coded_invnet.launcher import launch
+
+    with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
+        killer = LauncherKiller(system)
+        report = await run_chaos(killer, system.frontend.target, args.model, args.dataset, plan)
+        await killer.wait_restarted()
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m coded_invnet.chaos", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--kill-every", type=float, default=10.0, help="seconds between worker kills")
+    parser.add_argument("--rate", type=float, default=40.0, help="mean queries per second (Poisson)")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each query (s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("results/chaos.json"))
+    parser.add_argument("--model", default="mnist", help="model name on the frontend")
+    parser.add_argument("--dataset", default="mnist", help="test set the queries (and labels) come from")
+    cluster = parser.add_argument_group("cluster (used when KUBECONFIG is set or in a pod)")
+    cluster.add_argument("--target", default="frontend:8001", help="frontend host:port")
+    cluster.add_argument("--namespace", default="coded-invnet")
+    local = parser.add_argument_group("local (otherwise): the launcher's system")
+    local.add_argument("--model-dir", default="models/mnist")
+    local.add_argument("--mode", default="coded-invnet")
+    local.add_argument("--k", type=int, default=int(os.environ.get("CODED_K", "10")))
+    local.add_argument("--log-dir", default=None, help="service logs (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    plan = ChaosPlan(args.duration, args.rate, args.kill_every, args.timeout, args.seed)
+
+    pod_killer = cluster_pod_killer(args.namespace, args.k)
+    if pod_killer is not None:
+        report = asyncio.run(run_chaos(pod_killer, args.target, args.model, args.dataset, plan))
+        report["where"] = f"kubernetes namespace {args.namespace}"
+    else:
+        report = asyncio.run(run_local(args, plan))
+        report["where"] = f"local launcher, mode {args.mode}, k={args.k}"
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    report["command"] = shlex.join(["python", "-m", "coded_invnet.chaos", *arguments])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    if report["lost"]:
+        raise SystemExit(f"{report['lost']} queries lost")
+
+
+if __name__ == "__main__":
+    main()
