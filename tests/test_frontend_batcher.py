@@ -188,3 +188,25 @@ def test_partial_group_waits_at_most_max_delay() -> None:
         return loop.time() - start
 
     assert 0.04 < asyncio.run(scenario()) < 0.5
+
+
+@pytest.mark.parametrize("mode", ["none", "coded-invnet"])
+def test_batches_of_padding_only_are_not_sent(mode: str) -> None:
+    """A lone query in a k=4 group: one data batch (plus the parity path), yet still decodable."""
+
+    async def scenario() -> list:
+        backends = LinearBackends(mode)
+        batcher = Batcher(ServingConfig(mode=mode, k=4, max_batch=2), backends)
+        await batcher.learn_padding(IMAGE)
+        backends.calls.clear()
+        backends.dead = {0} if mode == "coded-invnet" else set()  # decoded from padding outputs
+        batcher.start()
+        image = rng.random((1, *IMAGE), dtype=np.float32)
+        results = await batcher.infer(image, timeout=5)
+        await batcher.stop()
+        np.testing.assert_allclose(results[0].logits, true_logits(image)[0], rtol=1e-3, atol=1e-3)
+        assert results[0].reconstructed == (mode == "coded-invnet")
+        return backends.calls
+
+    calls = asyncio.run(scenario())
+    assert [c for c in calls if c[0] == "infer"] == [("infer", 0)]

@@ -90,16 +90,24 @@ class GrpcBackends:
         await asyncio.gather(*(c.close(None) for c in self._channels))
 
     async def describe_model(self, wait_s: float) -> ModelSpec:
-        """Ask data worker 0 for its model's input and output shapes (waiting for it to come up)."""
-        description = await self._workers[0].Describe(
-            coded_pb2.DescribeRequest(), timeout=wait_s, wait_for_ready=True
-        )
-        inputs = {t.name: t for t in description.inputs}
-        outputs = {t.name: t for t in description.outputs}
-        if len(inputs) != 1 or "logits" not in outputs:
-            raise Unavailable(f"data worker model has inputs {list(inputs)} and outputs {list(outputs)}")
-        (spec,) = inputs.values()
-        return ModelSpec(spec.name, tuple(int(d) for d in spec.shape[1:]), int(outputs["logits"].shape[-1]))
+        """Ask data worker 0 for its model's input and output shapes, waiting (up to wait_s) for it to
+        come up and load its model."""
+        give_up_at = asyncio.get_running_loop().time() + wait_s
+        while True:
+            left = give_up_at - asyncio.get_running_loop().time()
+            description = await self._workers[0].Describe(
+                coded_pb2.DescribeRequest(), timeout=max(left, 0.01), wait_for_ready=True
+            )
+            inputs = {t.name: t for t in description.inputs}
+            outputs = {t.name: t for t in description.outputs}
+            if len(inputs) == 1 and "logits" in outputs:
+                (spec,) = inputs.values()
+                return ModelSpec(
+                    spec.name, tuple(int(d) for d in spec.shape[1:]), int(outputs["logits"].shape[-1])
+                )
+            if left <= 0:
+                raise Unavailable(f"data worker model has inputs {list(inputs)} and outputs {list(outputs)}")
+            await asyncio.sleep(0.05)  # still loading its model
 
     async def _call(self, rpc: object, who: str, group_id: int, index: int, **arrays: np.ndarray) -> dict:
         batch = coded_pb2.Batch(group_id=group_id, index=index, tensors=arrays_to_proto(arrays))

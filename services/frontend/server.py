@@ -46,6 +46,7 @@ class FrontendServer:
 
     async def _describe(self) -> None:
         self.spec = await self.backends.describe_model(DESCRIBE_WAIT_S)
+        await self.batcher.learn_padding(self.spec.image_shape)
         log.info("model described", extra={"spec": self.spec})
 
     async def close(self) -> None:
