@@ -43,10 +43,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coded_invnet.serving.config import ServingConfig
+from coded_invnet.coding import CODING_MODES
+from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 
 HOST = "127.0.0.1"
-CODED_MODES = ("parm", "coded-invnet")
 Settings = Mapping[str, object]
 
 
@@ -237,7 +237,7 @@ def launch(
         worker_extra = {**model_common, **(worker_settings or {})}
         workers = [start(f"worker-{i}", "worker", {**worker_extra, "role": "data"}) for i in range(k)]
         parity = encoder = decoder = None
-        if mode in CODED_MODES:
+        if mode in DECODABLE_MODES:
             parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"})
             encoder = start("encoder", "encoder", model_common)
             decoder = start("decoder", "decoder", model_common)
@@ -247,15 +247,18 @@ def launch(
             **({"encoder": encoder.target} if encoder else {}),
             **({"decoder": decoder.target} if decoder else {}),
         }
-        frontend = start("frontend", "frontend", {**common, **backends, **(frontend_settings or {})})
+        # Backends first: the frontend's warm-up asks worker 0 to describe its model, which a worker
+        # still loading answers with an empty description.
         wait_serving(started, ready_timeout_s)
+        frontend = start("frontend", "frontend", {**common, **backends, **(frontend_settings or {})})
+        wait_serving([frontend], ready_timeout_s)
         yield System(frontend, workers, parity, encoder, decoder, logs, mode, k)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default="models/mnist")
-    parser.add_argument("--mode", default="coded-invnet", choices=("none", "replication", *CODED_MODES))
+    parser.add_argument("--mode", default="coded-invnet", choices=CODING_MODES)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--log-dir", default="results/logs", help="one log file per service")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ import numpy as np
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.channels import create_channel
-from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 from services.frontend.batcher import WorkerOutput
@@ -48,7 +48,7 @@ def resolve_workers(targets: Sequence[str], k: int) -> list[str]:
 def check_targets(cfg: ServingConfig) -> None:
     if not cfg.workers:
         raise ConfigError("CODED_WORKERS (--workers) names no data worker")
-    if cfg.mode in ("parm", "coded-invnet") and not (cfg.parity_worker and cfg.encoder and cfg.decoder):
+    if cfg.mode in DECODABLE_MODES and not (cfg.parity_worker and cfg.encoder and cfg.decoder):
         raise ConfigError(
             f"mode {cfg.mode} needs CODED_PARITY_WORKER, CODED_ENCODER and CODED_DECODER; "
             "without them use mode none or replication"
@@ -79,7 +79,7 @@ class GrpcBackends:
         self._parity: coded_pb2_grpc.WorkerStub | None = None
         self._encoder: coded_pb2_grpc.EncoderStub | None = None
         self._decoder: coded_pb2_grpc.DecoderStub | None = None
-        if cfg.mode in ("parm", "coded-invnet"):
+        if cfg.mode in DECODABLE_MODES:
             parity, encoder, decoder = channel(cfg.parity_worker), channel(cfg.encoder), channel(cfg.decoder)
             self._channels += [parity, encoder, decoder]
             self._parity = coded_pb2_grpc.WorkerStub(parity)

@@ -28,10 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
-from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import DeadlineExceeded, InvalidInput, Overloaded, Unavailable
-
-DECODABLE_MODES = ("parm", "coded-invnet")
 
 
 @dataclass(frozen=True)
