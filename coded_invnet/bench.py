@@ -1,0 +1,235 @@
+"""Side-by-side tail-latency benchmark: coding modes x k x faults under the same open-loop Poisson load.
+
+For each (mode, k) it launches the system locally and runs one phase per fault with the same load:
+  none       no faults;
+  straggler  data worker 0 delays a batch by 100 ms with probability 0.1 (its admin RPC, as in the paper);
+  kill       data worker 0 is SIGKILLed a third of the way in and restarted on the same port.
+It writes results/latency.json (a list of records), results/latency.meta.json (the command and the
+settings) and results/latency.png.
+
+    python -m coded_invnet.bench --out results/latency.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from coded_invnet.chaos import LauncherKiller
+from coded_invnet.client import AsyncClient
+from coded_invnet.data import Split, load_dataset
+from coded_invnet.launcher import System, launch
+from coded_invnet.proto import coded_pb2, coded_pb2_grpc
+from loadtest.openloop import poisson_schedule, run_open_loop, summarize
+
+MODES = ("none", "replication", "parm", "coded-invnet")
+FAULTS = ("none", "straggler", "kill")
+ADMIN_TIMEOUT_S = 5.0
+INFERENCES = "nv_inference_count"  # queries run through a model, per process (Prometheus counter)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    rate_qps: float
+    duration_s: float
+    timeout_s: float
+    straggler_delay_ms: float
+    straggler_probability: float
+    straggler_timeout_ms: float
+    kill_at_fraction: float
+    seed: int
+
+
+def scrape_inferences(system: System) -> dict[str, float]:
+    """Queries each model process has run so far (its nv_inference_count), by service name."""
+    counts = {}
+    for name, service in system.services.items():
+        if name == "frontend" or not service.alive():
+            continue
+        url = f"http://127.0.0.1:{service.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        counts[name] = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == INFERENCES
+            for sample in family.samples
+            if sample.name == INFERENCES + "_total"
+        )
+    return counts
+
+
+def extra_compute(system: System, before: dict[str, float], after: dict[str, float], answered: int) -> float:
+    """Worker inferences (data, parity, replicas, padding rows) beyond one per answered query, as a fraction
+    of the answered queries. The encoder and decoder are not counted."""
+    workers = [w.name for w in system.workers] + ([system.parity_worker.name] if system.parity_worker else [])
+    ran = sum(after.get(name, 0.0) - before.get(name, 0.0) for name in workers)
+    return round(ran / answered - 1.0, 4) if answered else float("nan")
+
+
+async def set_faults(target: str, faults: coded_pb2.FaultConfig) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        await coded_pb2_grpc.WorkerStub(channel).SetFaults(faults, timeout=ADMIN_TIMEOUT_S)
+
+
+async def run_phase(system: System, fault: str, test: Split, plan: BenchPlan) -> dict[str, Any]:
+    """One fault phase of the open-loop load against the running system; returns its record."""
+    victim = system.workers[0]
+    if fault == "straggler":
+        delay = coded_pb2.FaultConfig(
+            delay_kind=coded_pb2.DELAY_FIXED,
+            delay_ms=plan.straggler_delay_ms,
+            delay_probability=plan.straggler_probability,
+            seed=plan.seed + 1,
+        )
+        await set_faults(victim.target, delay)
+    before = await asyncio.to_thread(scrape_inferences, system)
+    schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
+    async with AsyncClient(system.frontend.target, timeout_s=plan.timeout_s) as client:
+        load = asyncio.create_task(
+            run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
+        )
+        killer = LauncherKiller(system)
+        if fault == "kill":
+            await asyncio.sleep(plan.duration_s * plan.kill_at_fraction)
+            before_kill = await asyncio.to_thread(scrape_inferences, system)
+            await killer.kill(0)
+        outcomes = await load
+    await killer.wait_restarted()
+    after = await asyncio.to_thread(scrape_inferences, system)
+    if fault == "kill":  # the restarted worker counts from 0 again
+        after[victim.name] += before_kill[victim.name]
+    if fault == "straggler":
+        await set_faults(victim.target, coded_pb2.FaultConfig())
+    summary = summarize(outcomes, plan.duration_s)
+    answered = int(summary["answered"] or 0)
+    return {
+        "mode": system.mode,
+        "k": system.k,
+        "fault": fault,
+        **{key: summary[key] for key in ("p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy")},
+        "reconstructed_fraction": round(int(summary["reconstructed"] or 0) / max(answered, 1), 4),
+        "extra_compute": extra_compute(system, before, after, answered),
+        "sent": summary["sent"],
+        "lost": summary["lost"],
+    }
+
+
+async def run_bench(
+    model_dir: Path,
+    modes: Sequence[str],
+    ks: Sequence[int],
+    faults: Sequence[str],
+    plan: BenchPlan,
+    dataset: str,
+) -> list[dict[str, Any]]:
+    test = load_dataset(dataset).test
+    records = []
+    for k in ks:
+        for mode in modes:
+            # "none" waits for all k batches: only failed batches are re-sent, stragglers are not hedged
+            straggler_timeout_ms = plan.timeout_s * 1e3 if mode == "none" else plan.straggler_timeout_ms
+            with launch(
+                model_dir, mode, k, frontend_settings={"straggler_timeout_ms": straggler_timeout_ms}
+            ) as system:
+                # warm-up: connections, caches, onnxruntime's first runs
+                await run_phase(system, "none", test, replace(plan, duration_s=min(3.0, plan.duration_s)))
+                for fault in faults:
+                    record = await run_phase(system, fault, test, plan)
+                    print(json.dumps(record), flush=True)
+                    records.append(record)
+    return records
+
+
+def plot(records: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    faults = list(dict.fromkeys(r["fault"] for r in records))
+    modes = list(dict.fromkeys(r["mode"] for r in records))
+    ks = sorted({r["k"] for r in records}, reverse=True)
+    figure, axes = plt.subplots(1, len(faults), figsize=(5 * len(faults), 4), sharey=True, squeeze=False)
+    width = 0.8 / len(ks)
+    for axis, fault in zip(axes[0], faults, strict=True):
+        for j, k in enumerate(ks):
+            values = [
+                next(
+                    (r["p999_ms"] for r in records if (r["mode"], r["k"], r["fault"]) == (m, k, fault)),
+                    np.nan,
+                )
+                for m in modes
+            ]
+            axis.bar(np.arange(len(modes)) + j * width, values, width, label=f"k={k}")
+        axis.set_xticks(np.arange(len(modes)) + width * (len(ks) - 1) / 2, modes)
+        axis.set_title(f"fault: {fault}")
+        axis.set_yscale("log")
+    axes[0][0].set_ylabel("p99.9 latency (ms)")
+    axes[0][-1].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m coded_invnet.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("results/latency.json"))
+    parser.add_argument("--model-dir", type=Path, default=Path("models/mnist"))
+    parser.add_argument("--dataset", default="mnist")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--ks", default="10,4,2", help="comma-separated k values")
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--rate", type=float, default=100.0, help="mean queries per second (Poisson)")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per phase")
+    parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each query (s)")
+    parser.add_argument("--straggler-delay-ms", type=float, default=100.0)
+    parser.add_argument("--straggler-probability", type=float, default=0.1)
+    parser.add_argument(
+        "--straggler-timeout-ms", type=float, default=20.0, help="frontend's wait before decoding"
+    )
+    parser.add_argument("--kill-at", type=float, default=1 / 3, help="kill at this fraction of a phase")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    plan = BenchPlan(
+        args.rate,
+        args.duration,
+        args.timeout,
+        args.straggler_delay_ms,
+        args.straggler_probability,
+        args.straggler_timeout_ms,
+        args.kill_at,
+        args.seed,
+    )
+    started = time.time()
+    ks = [int(k) for k in args.ks.split(",")]
+    records = asyncio.run(
+        run_bench(args.model_dir, args.modes.split(","), ks, args.faults.split(","), plan, args.dataset)
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(records, indent=1) + "\n")
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    meta = {
+        "command": shlex.join(["python", "-m", "coded_invnet.bench", *arguments]),
+        "plan": asdict(plan),
+        "wall_s": round(time.time() - started, 1),
+        "records": str(args.out),
+    }
+    args.out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    plot(records, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
