@@ -346,6 +346,7 @@ class _Group:
 
     def _recover(self, stragglers_due: bool) -> None:
         """Decode or re-send every batch that failed or (past the straggler deadline) is still missing."""
+        unanswered = sum(not b.answered for b in self._batches)
         for j, batch in enumerate(self._batches):
             if batch.answered or (batch.inferring and not stragglers_due) or self._decoding == j:
                 continue
@@ -353,11 +354,15 @@ class _Group:
                 if self._parity is not None and self._decoding is None:
                     self._decode(j)
                 continue  # the parity (or the decode slot) is on its way
-            if not batch.inferring or not batch.hedged:
-                batch.hedged = batch.inferring
-                if batch.workers_tried < self._k:
-                    self._report.resent_batches += 1
-                    self._infer(j)
+            if batch.inferring:
+                # hedge a slow batch once, and only when it alone is late: several late batches mean
+                # an overloaded pool, which duplicate work would only make worse
+                if batch.hedged or unanswered > 1:
+                    continue
+                batch.hedged = True
+            if batch.workers_tried < self._k:
+                self._report.resent_batches += 1
+                self._infer(j)
 
     def _decodable(self, j: int) -> bool:
         """Every other member's output is in and the parity path still works."""
