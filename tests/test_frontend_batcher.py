@@ -215,7 +215,8 @@ def test_batches_of_padding_only_are_not_sent(mode: str) -> None:
 def test_several_late_batches_are_waited_for_not_duplicated() -> None:
     """Two slow workers look like overload, not a straggler: no hedged copies that would add load."""
     backends = LinearBackends("coded-invnet", delays={1: 0.2, 2: 0.2})
-    images, results, reports = asyncio.run(run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=20))
+    scenario = run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=20)
+    images, results, reports = asyncio.run(scenario)
     np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
     assert sum(r.resent_batches for r in reports) == 0
     assert [c for c in backends.calls if c[0] == "infer"] == [("infer", j) for j in range(4)]
