@@ -43,22 +43,45 @@ class WorkerKiller(Protocol):
         ...
 
 
-@dataclass(frozen=True)
 class PodKiller:
-    """Deletes data-worker pods (StatefulSet pods worker-0..worker-{slots-1}) with no grace period."""
+    """Deletes data-worker pods (StatefulSet pods worker-0..worker-{slots-1}) with no grace period; before
+    each kill it waits until the previous victim's replacement is Ready (one worker down at a time)."""
 
-    core: Any  # kubernetes.client.CoreV1Api
-    namespace: str
-    slots: int
-    statefulset: str = "worker"
+    def __init__(self, core: Any, namespace: str, slots: int, statefulset: str = "worker") -> None:
+        self.core = core  # kubernetes.client.CoreV1Api
+        self.namespace = namespace
+        self.slots = slots
+        self.statefulset = statefulset
+        self._last_killed = ""
 
     def delete_pod(self, slot: int) -> str:
         name = f"{self.statefulset}-{slot}"
         self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0, _request_timeout=10)
         return name
 
+    def wait_ready(self, name: str, timeout_s: float = 300.0) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                pod = self.core.read_namespaced_pod(name, self.namespace, _request_timeout=10)
+            except ApiException as error:
+                if error.status != 404:  # 404: the StatefulSet has not recreated it yet
+                    raise
+            else:
+                conditions = pod.status.conditions or []
+                ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+                if ready and pod.metadata.deletion_timestamp is None:
+                    return
+            time.sleep(1.0)
+        raise TimeoutError(f"pod {name} was not Ready again within {timeout_s:.0f} s")
+
     async def kill(self, slot: int) -> str:
-        return await asyncio.to_thread(self.delete_pod, slot)
+        if self._last_killed:
+            await asyncio.to_thread(self.wait_ready, self._last_killed)
+        self._last_killed = await asyncio.to_thread(self.delete_pod, slot)
+        return self._last_killed
 
 
 def cluster_pod_killer(namespace: str, slots: int | None = None) -> PodKiller | None:
