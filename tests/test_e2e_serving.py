@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from frontend_helpers import random_images, reference_logits
+from prometheus_client.parser import text_string_to_metric_families
 from serving_models import TRAINED_DIR, K
 
 from coded_invnet.client import Client, StreamResult
@@ -19,6 +21,16 @@ STRAGGLER_TIMEOUT_MS = 100.0
 def stream_all(system: System, images: np.ndarray, window: int = 32) -> list[StreamResult]:
     with Client(system.frontend.target, timeout_s=30) as client:
         return list(client.stream(iter(images), window=window))
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Prometheus samples summed over their labels, by name."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def assert_all_answered(results: list[StreamResult], n: int) -> None:
@@ -63,10 +75,13 @@ def test_sigkill_of_a_worker_mid_stream_loses_nothing(mode: str, model_dir: Path
                 if len(results) == 200:
                     system.workers[1].kill()
         assert not system.workers[1].alive()
+        metrics = scrape(system.frontend.metrics_port)
     assert_all_answered(results, len(images))
     logits, reconstructed = logits_by_index(results)
+    assert metrics["nv_inference_request_success_total"] == len(images)
     if mode in ("coded-invnet", "parm"):
         assert reconstructed.sum() > 100  # about half of the queries after the kill went to worker 1
+        assert metrics["coded_decode_total"] > 0
     else:  # answered by the other copy (replication) or re-sent to another worker (none)
         assert not reconstructed.any()
     assert not reconstructed[:100].any()

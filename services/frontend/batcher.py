@@ -62,6 +62,7 @@ class Backends(Protocol):
 class QueryResult:
     logits: np.ndarray  # (classes,)
     reconstructed: bool
+    queue_s: float = 0.0  # from submission until its group was dispatched
 
 
 @dataclass
@@ -238,6 +239,7 @@ class _Group:
         clock: Callable[[], float],
     ) -> None:
         self._cfg, self._backends, self._id, self._clock = cfg, backends, group_id, clock
+        self._dispatched = clock()
         self._k = k = cfg.k
         self._images = np.zeros((k, math.ceil(len(queries) / k), *queries[0].image.shape), dtype=np.float32)
         self._batches = [_BatchState([]) for _ in range(k)]
@@ -338,7 +340,8 @@ class _Group:
         batch.answered = True
         for row, query in enumerate(batch.queries):
             if not query.future.done():
-                query.future.set_result(QueryResult(logits[row], reconstructed))
+                queued = self._dispatched - query.enqueued
+                query.future.set_result(QueryResult(logits[row], reconstructed, queued))
         for task in batch.tasks:
             task.cancel()  # the straggling original, a re-send or a decode no longer needed
         if all(b.answered for b in self._batches):

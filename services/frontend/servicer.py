@@ -168,7 +168,8 @@ class InferenceServicer(inference_pb2_grpc.GRPCInferenceServiceServicer):
             self._metrics.record_failure(error.status, (time.perf_counter() - started) * 1e6)
             raise
         request_us = (time.perf_counter() - started) * 1e6
-        self._metrics.record_success(RequestTiming(len(images), request_us, 0.0, request_us))
+        queue_us = max(r.queue_s for r in answer.results) * 1e6
+        self._metrics.record_success(RequestTiming(len(images), request_us, queue_us, request_us - queue_us))
         return response
 
     def _ready_spec(self, name: str, version: str) -> ModelSpec:
