@@ -193,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ks", default="10,4,2", help="comma-separated k values")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--rate", type=float, default=100.0, help="mean queries per second (Poisson)")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per phase")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per phase")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each query (s)")
     parser.add_argument("--straggler-delay-ms", type=float, default=100.0)
     parser.add_argument("--straggler-probability", type=float, default=0.1)

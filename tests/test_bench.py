@@ -1,0 +1,34 @@
+"""A seconds-long `coded_invnet.bench` run writes records with the issue's keys, the command and a plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from serving_models import K
+
+from coded_invnet import bench
+
+RECORD_KEYS = {"mode", "k", "fault", "p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy",
+               "reconstructed_fraction", "extra_compute"}  # fmt: skip
+
+
+def test_short_bench_writes_records_meta_and_plot(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "latency.json"
+    bench.main(
+        f"--model-dir {model_dir} --ks {K} --modes coded-invnet --faults straggler,kill --duration 1.5 "
+        f"--rate 40 --out {out}".split()
+    )
+    records = json.loads(out.read_text())
+    assert [(r["mode"], r["fault"]) for r in records] == [
+        ("coded-invnet", "straggler"),
+        ("coded-invnet", "kill"),
+    ]
+    for record in records:
+        assert RECORD_KEYS <= record.keys()
+        assert record["lost"] == 0 and record["k"] == K
+    assert records[1]["reconstructed_fraction"] > 0  # the killed worker's batches were decoded
+    assert json.loads(out.with_suffix(".meta.json").read_text())["command"].startswith(
+        "python -m coded_invnet.bench"
+    )
+    assert out.with_suffix(".png").stat().st_size > 0
