@@ -40,7 +40,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-RUN useradd --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin coded
+RUN groupadd --gid 10001 coded \
+    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin coded
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /app /app
 COPY models/ /app/models/

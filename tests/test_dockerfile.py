@@ -98,6 +98,15 @@ def test_named_modules_exist() -> None:
         assert in_repo or module in sys.stdlib_module_names, f"python -m {module}: no such module"
 
 
+def test_exposed_ports_and_user_match_the_services_and_manifests() -> None:
+    from coded_invnet.serving.config import ServingConfig
+
+    exposed = {int(port) for keyword, args in instructions() if keyword == "EXPOSE" for port in args.split()}
+    assert exposed == {ServingConfig.port, ServingConfig.metrics_port}
+    (user,) = [args for keyword, args in instructions() if keyword == "USER"]
+    assert user == "10001:10001", "k8s/base/pod-defaults.yaml runs pods as 10001:10001"
+
+
 def test_serving_requirements_are_pinned_consistently() -> None:
     pins = {
         canonical(name): version
