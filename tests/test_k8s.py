@@ -178,6 +178,10 @@ def test_gpu_overlay_puts_workers_on_gpus() -> None:
         (container,) = pod_spec(workload)["containers"]
         on_gpu = workload["metadata"]["name"] in ("worker", "parity")
         assert (container["resources"]["limits"].get("nvidia.com/gpu") == "1") == on_gpu
+        environ = {env["name"]: env["value"] for env in container.get("env", [])}
+        assert (environ.get("CODED_DEVICE") == "cuda") == on_gpu
+        if on_gpu:
+            assert load_config("worker", [], environ).device == "cuda"
         assert container["image"].endswith("-gpu")
 
 
