@@ -7,8 +7,8 @@
    overhead = p50(coded-invnet) − p50(none). Target ≤ 1 ms.
 2. Throughput: queries/s answered by the coded-invnet system under saturating load (a stream of
    --request-batch images per request, --window requests in flight), against onnxruntime running
-   worker.onnx in this process on batches of the same size with as many threads as there are cores
-   (the cores the whole system shares). Target ratio ≥ 0.5.
+   worker.onnx in this process on batches of the same size (the better of 1 thread and one per core:
+   the cores the whole system shares). Target ratio ≥ 0.5.
 """
 
 from __future__ import annotations
