@@ -1,9 +1,10 @@
 """Side-by-side tail-latency benchmark: coding modes x k x faults under the same open-loop Poisson load.
 
-For each (mode, k) it launches the system locally and runs one phase per fault with the same load:
+For each (mode, k) it launches the system locally and runs the fault phases, interleaved in --rounds
+rounds, each round with the same Poisson load (seeded, so every mode sees the same arrivals):
   none       no faults;
   straggler  data worker 0 delays a batch by 100 ms with probability 0.1 (its admin RPC, as in the paper);
-  kill       data worker 0 is SIGKILLed a third of the way in and restarted on the same port.
+  kill       data worker 0 is SIGKILLed a third of the way into the round and restarted on the same port.
 It writes results/latency.json (a list of records), results/latency.meta.json (the command and the
 settings) and results/latency.png.
 
@@ -20,7 +21,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from coded_invnet.client import AsyncClient
 from coded_invnet.data import Split, load_dataset
 from coded_invnet.launcher import System, launch
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from loadtest.openloop import poisson_schedule, run_open_loop, summarize
+from loadtest.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
 MODES = ("none", "replication", "parm", "coded-invnet")
 FAULTS = ("none", "straggler", "kill")
@@ -51,6 +52,7 @@ class BenchPlan:
     straggler_timeout_ms: float
     kill_at_fraction: float
     seed: int
+    rounds: int
 
 
 def scrape_inferences(system: System) -> dict[str, float]:
@@ -72,12 +74,10 @@ def scrape_inferences(system: System) -> dict[str, float]:
     return counts
 
 
-def extra_compute(system: System, before: dict[str, float], after: dict[str, float], answered: int) -> float:
-    """Worker inferences (data, parity, replicas, padding rows) beyond one per answered query, as a fraction
-    of the answered queries. The encoder and decoder are not counted."""
+def worker_rows(system: System, before: dict[str, float], after: dict[str, float]) -> float:
+    """Rows the data and parity workers ran between two scrapes (padding and replicas included)."""
     workers = [w.name for w in system.workers] + ([system.parity_worker.name] if system.parity_worker else [])
-    ran = sum(after.get(name, 0.0) - before.get(name, 0.0) for name in workers)
-    return round(ran / answered - 1.0, 4) if answered else float("nan")
+    return sum(after.get(name, 0.0) - before.get(name, 0.0) for name in workers)
 
 
 async def set_faults(target: str, faults: coded_pb2.FaultConfig) -> None:
@@ -85,44 +85,62 @@ async def set_faults(target: str, faults: coded_pb2.FaultConfig) -> None:
         await coded_pb2_grpc.WorkerStub(channel).SetFaults(faults, timeout=ADMIN_TIMEOUT_S)
 
 
-async def run_phase(system: System, fault: str, test: Split, plan: BenchPlan) -> dict[str, Any]:
-    """One fault phase of the open-loop load against the running system; returns its record."""
+@dataclass
+class FaultTally:
+    """What the rounds of one fault phase add up to."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    rows: float = 0.0
+    duration_s: float = 0.0
+
+
+async def run_round(
+    system: System, fault: str, test: Split, plan: BenchPlan, seed: int, tally: FaultTally
+) -> None:
+    """One round of one fault's open-loop load against the running system, added to ``tally``."""
     victim = system.workers[0]
     if fault == "straggler":
         delay = coded_pb2.FaultConfig(
             delay_kind=coded_pb2.DELAY_FIXED,
             delay_ms=plan.straggler_delay_ms,
             delay_probability=plan.straggler_probability,
-            seed=plan.seed + 1,
+            seed=seed + 1,
         )
         await set_faults(victim.target, delay)
+    duration_s = plan.duration_s / plan.rounds
     before = await asyncio.to_thread(scrape_inferences, system)
-    schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
+    killer = LauncherKiller(system)
     async with AsyncClient(system.frontend.target, timeout_s=plan.timeout_s) as client:
+        schedule = poisson_schedule(plan.rate_qps, duration_s, seed)
         load = asyncio.create_task(
             run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
         )
-        killer = LauncherKiller(system)
         if fault == "kill":
-            await asyncio.sleep(plan.duration_s * plan.kill_at_fraction)
+            await asyncio.sleep(duration_s * plan.kill_at_fraction)
             before_kill = await asyncio.to_thread(scrape_inferences, system)
             await killer.kill(0)
-        outcomes = await load
+        tally.outcomes += await load
     await killer.wait_restarted()
     after = await asyncio.to_thread(scrape_inferences, system)
     if fault == "kill":  # the restarted worker counts from 0 again
         after[victim.name] += before_kill[victim.name]
     if fault == "straggler":
         await set_faults(victim.target, coded_pb2.FaultConfig())
-    summary = summarize(outcomes, plan.duration_s)
-    answered = int(summary["answered"] or 0)
+    tally.rows += worker_rows(system, before, after)
+    tally.duration_s += duration_s
+
+
+def record(system: System, fault: str, tally: FaultTally) -> dict[str, Any]:
+    summary = summarize(tally.outcomes, tally.duration_s)
+    answered = max(int(summary["answered"] or 0), 1)
     return {
         "mode": system.mode,
         "k": system.k,
         "fault": fault,
         **{key: summary[key] for key in ("p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy")},
-        "reconstructed_fraction": round(int(summary["reconstructed"] or 0) / max(answered, 1), 4),
-        "extra_compute": extra_compute(system, before, after, answered),
+        "reconstructed_fraction": round(int(summary["reconstructed"] or 0) / answered, 4),
+        # worker rows beyond one per answered query (parity, replicas, padding); encoder/decoder not counted
+        "extra_compute": round(tally.rows / answered - 1.0, 4),
         "sent": summary["sent"],
         "lost": summary["lost"],
     }
@@ -136,21 +154,25 @@ async def run_bench(
     plan: BenchPlan,
     dataset: str,
 ) -> list[dict[str, Any]]:
+    """Every (k, mode) on a fresh system; its fault phases interleaved in rounds so a passing stall of the
+    machine is shared by all faults rather than landing on one. The same seeds (load) for every mode."""
     test = load_dataset(dataset).test
     records = []
     for k in ks:
         for mode in modes:
             # "none" waits for all k batches: only failed batches are re-sent, stragglers are not hedged
             straggler_timeout_ms = plan.timeout_s * 1e3 if mode == "none" else plan.straggler_timeout_ms
-            with launch(
-                model_dir, mode, k, frontend_settings={"straggler_timeout_ms": straggler_timeout_ms}
-            ) as system:
+            settings = {"straggler_timeout_ms": straggler_timeout_ms}
+            with launch(model_dir, mode, k, frontend_settings=settings) as system:
                 # warm-up: connections, caches, onnxruntime's first runs
-                await run_phase(system, "none", test, replace(plan, duration_s=min(3.0, plan.duration_s)))
+                await run_round(system, "none", test, plan, plan.seed, FaultTally())
+                tallies = {fault: FaultTally() for fault in faults}
+                for round_index in range(plan.rounds):
+                    for fault in faults:
+                        await run_round(system, fault, test, plan, plan.seed + round_index, tallies[fault])
                 for fault in faults:
-                    record = await run_phase(system, fault, test, plan)
-                    print(json.dumps(record), flush=True)
-                    records.append(record)
+                    records.append(record(system, fault, tallies[fault]))
+                    print(json.dumps(records[-1]), flush=True)
     return records
 
 
@@ -193,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--ks", default="10,4,2", help="comma-separated k values")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--rate", type=float, default=100.0, help="mean queries per second (Poisson)")
-    parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per phase")
+    parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per fault (all rounds)")
+    parser.add_argument("--rounds", type=int, default=3, help="fault phases interleaved in this many rounds")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each query (s)")
     parser.add_argument("--straggler-delay-ms", type=float, default=100.0)
     parser.add_argument("--straggler-probability", type=float, default=0.1)
@@ -212,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.straggler_timeout_ms,
         args.kill_at,
         args.seed,
+        args.rounds,
     )
     started = time.time()
     ks = [int(k) for k in args.ks.split(",")]
