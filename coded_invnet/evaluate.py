@@ -1,0 +1,349 @@
+"""Evaluation of the committed models: accuracy with a missing worker, and the coding overhead.
+
+    python -m coded_invnet.evaluate --out results/accuracy.json       (make eval)
+
+For each data set and k, the test set is cut into coding groups of k queries (fixed shuffle); each
+position in turn is the missing one, so every test query is recovered exactly once.
+- normal: the base model on the whole test set;
+- degraded: accuracy (against true labels) of the predictions given for queries whose worker is missing;
+- recovery: agreement of those with the base model's own prediction;
+- "none" (no coding) has no answer for a missing worker and scores 0.
+Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head), the plot
+docs/accuracy_vs_k.png, and the table between the markers in docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from coded_invnet import coding
+from coded_invnet.checkpoint import ModelFileError, load_classifier, write_json
+from coded_invnet.data import DataError, Dataset, load_dataset
+from coded_invnet.export import load_encoder, load_parm
+from coded_invnet.flops import count_macs
+from coded_invnet.models.classifier import InvNetClassifier
+from coded_invnet.models.encoder import FusionEncoder, MeanEncoder
+from coded_invnet.models.parm import ParityModel
+from coded_invnet.train import KS
+
+DATASETS = ("mnist", "fashion-mnist")
+TABLE_BEGIN, TABLE_END = "<!-- accuracy-table:begin -->", "<!-- accuracy-table:end -->"
+OVERHEAD_BEGIN, OVERHEAD_END = "<!-- overhead-table:begin -->", "<!-- overhead-table:end -->"
+
+# method name → (base classifier file, how the parity is made)
+CODED_METHODS: dict[str, tuple[str, str]] = {
+    "coded-invnet": ("classifier", "encoder_k{k}"),
+    "coded-invnet-no-mixup": ("classifier_nomixup", "encoder_nomixup_k{k}"),
+    "coded-invnet-latent-loss-only": ("classifier", "encoder_latent_k{k}"),
+    "coded-invnet-gan": ("classifier", "encoder_gan_k{k}"),
+    "coded-invnet-pixel-mean": ("classifier", "mean"),
+    "coded-invnet-oracle-inverse": ("classifier", "oracle"),
+}
+
+
+def command_line() -> str:
+    return "python -m coded_invnet.evaluate " + " ".join(sys.argv[1:])
+
+
+def groups_of(n: int, k: int, seed: int = 0) -> np.ndarray:
+    """(n // k, k) indices: a fixed shuffle of the test set cut into coding groups."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: (n // k) * k].reshape(-1, k)
+
+
+@torch.no_grad()
+def decoded_predictions(
+    base: InvNetClassifier,
+    images: torch.Tensor,
+    groups: np.ndarray,
+    parity_output: Callable[[torch.Tensor], torch.Tensor],
+    latent: bool,
+    chunk: int = 200,
+) -> np.ndarray:
+    """(n_groups, k) predicted classes for each member decoded as if it were the missing one."""
+    preds = []
+    for start in range(0, len(groups), chunk):
+        idx = torch.from_numpy(groups[start : start + chunk])
+        batch = images[idx]  # (G, k, C, H, W)
+        g_count, k = idx.shape
+        logits, z = base(batch.flatten(0, 1))
+        outputs = (z if latent else logits).reshape(g_count, k, -1).transpose(0, 1)  # (k, G, D)
+        decoded = coding.decode_all(parity_output(batch), outputs)
+        decoded_logits = base.h(decoded) if latent else decoded
+        preds.append(decoded_logits.argmax(-1).transpose(0, 1).numpy())
+    return np.concatenate(preds)
+
+
+def parity_for(
+    base: InvNetClassifier, source: str, model_dir: Path, k: int
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    if source == "oracle":  # the exact parity g⁻¹(mean z): an upper bound no encoder can beat
+        return lambda b: base.g(base.g.inverse(base.g(b.flatten(0, 1)).unflatten(0, b.shape[:2]).mean(1)))
+    encoder: torch.nn.Module = MeanEncoder() if source == "mean" else load_encoder(model_dir / f"{source}.pt")
+    return lambda b: base.g(encoder(b))
+
+
+def parm_parity(parm: ParityModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda groups: parm(parm.encode(groups))
+
+
+def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[dict[str, Any]]:
+    test = data.test.take(limit) if limit else data.test
+    images, labels = torch.from_numpy(test.images), test.labels
+    records: list[dict[str, Any]] = []
+    bases: dict[str, tuple[InvNetClassifier, np.ndarray]] = {}
+
+    def base_named(name: str) -> tuple[InvNetClassifier, np.ndarray]:
+        if name not in bases:
+            model = load_classifier(model_dir / f"{name}.pt")
+            with torch.no_grad():
+                preds = np.concatenate(
+                    [model(images[i : i + 1000])[0].argmax(1).numpy() for i in range(0, len(images), 1000)]
+                )
+            bases[name] = (model, preds)
+        return bases[name]
+
+    def add(
+        method: str, k: int, base_preds: np.ndarray, decoded: np.ndarray | None, groups: np.ndarray
+    ) -> None:
+        members = groups.reshape(-1)
+        flat = decoded.reshape(-1) if decoded is not None else None
+        records.append(
+            {
+                "dataset": data.name,
+                "k": k,
+                "method": method,
+                "normal_accuracy": round(float((base_preds == labels).mean()), 4),
+                "degraded_accuracy": round(float((flat == labels[members]).mean()), 4)
+                if flat is not None
+                else 0.0,
+                "recovery_accuracy": round(float((flat == base_preds[members]).mean()), 4)
+                if flat is not None
+                else 0.0,
+                "n_queries": int(len(members)),
+            }
+        )
+
+    jobs = [(k, m) for k in KS for m in ("none", "parm", *CODED_METHODS)]
+    for k, method in tqdm(jobs, desc=f"evaluate {data.name}", leave=False):
+        groups = groups_of(len(test), k)
+        if method == "none":
+            add(method, k, base_named("classifier")[1], None, groups)
+            continue
+        if method == "parm":
+            base, base_preds = base_named("classifier")
+            path = model_dir / f"parm_k{k}.pt"
+            if not path.is_file():
+                continue
+            parm = load_parm(path)
+            decoded = decoded_predictions(base, images, groups, parm_parity(parm), latent=False)
+            add(method, k, base_preds, decoded, groups)
+            continue
+        base_name, source = CODED_METHODS[method]
+        source = source.format(k=k)
+        if not (model_dir / f"{base_name}.pt").is_file() or (
+            source not in ("mean", "oracle") and not (model_dir / f"{source}.pt").is_file()
+        ):
+            continue  # an optional ablation that was not trained
+        if source == "oracle" and k != 10:
+            continue  # slow (fixed-point inversion); k=10 is the case that matters
+        base, base_preds = base_named(base_name)
+        parity = parity_for(base, source, model_dir, k)
+        add(method, k, base_preds, decoded_predictions(base, images, groups, parity, latent=True), groups)
+    return records
+
+
+def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
+    """MACs and single-thread onnxruntime time of one worker query, the head, and F_k per group."""
+    import onnxruntime as ort
+
+    base = load_classifier(model_dir / "classifier.pt")
+    shape = base.spec.image_shape
+    worker_macs = count_macs(base, torch.rand(1, *shape))
+    head_macs = count_macs(base.h, torch.rand(1, base.g.latent_dim))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+
+    def time_onnx(path: Path, x: np.ndarray) -> float:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        session.run(None, {name: x})
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            session.run(None, {name: x})
+            best = min(best, time.perf_counter() - t0)
+        return best * 1e6 / len(x)  # µs per item
+
+    batch = 64
+    worker_us = time_onnx(model_dir / "worker.onnx", np.random.rand(batch, *shape).astype(np.float32))
+    head_us = time_onnx(model_dir / "head.onnx", np.random.rand(batch, base.g.latent_dim).astype(np.float32))
+    per_k = []
+    for k in KS:
+        path = model_dir / f"encoder_k{k}.pt"
+        if not path.is_file():
+            continue
+        enc: FusionEncoder = load_encoder(path)
+        enc_macs = count_macs(enc, torch.rand(1, k, *shape))
+        enc_us = time_onnx(path.with_suffix(".onnx"), np.random.rand(batch, k, *shape).astype(np.float32))
+        per_k.append(
+            {
+                "k": k,
+                "encoder_macs_per_group": enc_macs,
+                "encoder_in_worker_queries": round(enc_macs / worker_macs, 4),
+                "encoder_us_per_group": round(enc_us, 1),
+                "extra_compute_macs": round((worker_macs + enc_macs) / (k * worker_macs), 4),
+                "extra_compute_measured": round((worker_us + enc_us) / (k * worker_us), 4),
+            }
+        )
+    return {
+        "dataset": model_dir.name,
+        "worker_macs_per_query": worker_macs,
+        "head_macs": head_macs,
+        "head_fraction_of_worker": round(head_macs / worker_macs, 4),
+        "worker_us_per_query": round(worker_us, 1),
+        "head_us_per_query": round(head_us, 1),
+        "onnxruntime_threads": 1,
+        "batch": batch,
+        "per_k": per_k,
+    }
+
+
+def plot(records: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["dataset"] for r in records})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        for method, style in (("coded-invnet", "o-"), ("parm", "s--"), ("coded-invnet-pixel-mean", "^:")):
+            rows = sorted(
+                (r for r in records if r["dataset"] == ds and r["method"] == method), key=lambda r: r["k"]
+            )
+            if rows:
+                ax.plot([r["k"] for r in rows], [r["degraded_accuracy"] for r in rows], style, label=method)
+        normal = next(
+            (r["normal_accuracy"] for r in records if r["dataset"] == ds and r["method"] == "none"), None
+        )
+        if normal is not None:
+            ax.axhline(normal, color="grey", lw=0.8, ls=":", label="base model (no fault)")
+        ax.set(title=ds, xlabel="k (data workers per parity)", ylabel="degraded accuracy", xticks=list(KS))
+        ax.set_ylim(0, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def accuracy_table(records: list[dict[str, Any]]) -> str:
+    lines = [
+        "| data set | k | method | normal | degraded | recovery | queries |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['dataset']} | {r['k']} | {r['method']} | {r['normal_accuracy']:.4f} | "
+            f"{r['degraded_accuracy']:.4f} | {r['recovery_accuracy']:.4f} | {r['n_queries']} |"
+        )
+    return "\n".join(lines)
+
+
+def overhead_table(overheads: list[dict[str, Any]]) -> str:
+    lines = [
+        "| data set | k | worker MACs/query | F_k MACs/group | F_k in worker queries | extra compute (MACs) "
+        "| worker µs/query | F_k µs/group | extra compute (measured) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in overheads:
+        for p in o["per_k"]:
+            cells = [
+                o["dataset"],
+                p["k"],
+                f"{o['worker_macs_per_query']:,}",
+                f"{p['encoder_macs_per_group']:,}",
+                f"{p['encoder_in_worker_queries']:.2f}",
+                f"{p['extra_compute_macs']:.1%}",
+                o["worker_us_per_query"],
+                p["encoder_us_per_group"],
+                f"{p['extra_compute_measured']:.1%}",
+            ]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def replace_block(path: Path, begin: str, end: str, body: str, command: str) -> None:
+    """Rewrite the text between the markers in ``path`` (the doc quotes exactly what the command produced)."""
+    text = path.read_text() if path.is_file() else ""
+    block = f"{begin}\nProduced by `{command}`:\n\n{body}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m coded_invnet.evaluate", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--out", default="results/accuracy.json")
+    parser.add_argument("--overhead-out", default="results/overhead.json")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--models-dir", default="models")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images only")
+    parser.add_argument("--plot", default="docs/accuracy_vs_k.png")
+    parser.add_argument("--results-md", default="docs/RESULTS.md", help="'' to leave the doc alone")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("CODED_EVAL_THREADS", "0")))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        print(f"error: unknown data set(s) {unknown}; choose from {', '.join(DATASETS)}", file=sys.stderr)
+        return 2
+    records: list[dict[str, Any]] = []
+    overheads = []
+    try:
+        for ds in datasets:
+            model_dir = Path(args.models_dir) / ds
+            if not (model_dir / "classifier.pt").is_file():
+                raise ModelFileError(f"{model_dir / 'classifier.pt'} not found (run `make train`)")
+            records += evaluate_dataset(load_dataset(ds), model_dir, args.limit)
+            overheads.append(measure_overhead(model_dir))
+    except (DataError, ModelFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    command = command_line()
+    write_json(args.out, records)
+    write_json(Path(args.out).with_suffix(".meta.json"), {"command": command, "n_records": len(records)})
+    write_json(args.overhead_out, {"command": command, "datasets": overheads})
+    plot(records, Path(args.plot))
+    if args.results_md:
+        md = Path(args.results_md)
+        replace_block(md, TABLE_BEGIN, TABLE_END, accuracy_table(records), command)
+        replace_block(md, OVERHEAD_BEGIN, OVERHEAD_END, overhead_table(overheads), command)
+    print(accuracy_table(records))
+    print()
+    print(overhead_table(overheads))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
