@@ -17,6 +17,7 @@ import grpc
 
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
 from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.errors import Unavailable
 from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.metrics import ServingMetrics
 from services.frontend.backends import GrpcBackends, ModelSpec, check_targets, resolve_workers
@@ -25,7 +26,8 @@ from services.frontend.servicer import InferenceServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-DESCRIBE_WAIT_S = 300.0  # workers may still be loading their models
+DESCRIBE_WAIT_S = 60.0  # workers may still be loading their models
+RETRY_DESCRIBE_S = 1.0
 
 
 @dataclass
@@ -45,9 +47,18 @@ class FrontendServer:
         await self.host.start(lambda: asyncio.run_coroutine_threadsafe(self._describe(), loop).result())
 
     async def _describe(self) -> None:
-        self.spec = await self.backends.describe_model(DESCRIBE_WAIT_S)
-        await self.batcher.learn_padding(self.spec.image_shape)
-        log.info("model described", extra={"spec": self.spec})
+        """Learn the model's shapes from data worker 0; retried until it answers (it may start later)."""
+        while True:
+            try:
+                spec = await self.backends.describe_model(DESCRIBE_WAIT_S)
+                await self.batcher.learn_padding(spec.image_shape)
+            except (Unavailable, grpc.aio.AioRpcError) as error:
+                log.warning("data worker 0 is not ready; retrying", extra={"error": str(error)})
+                await asyncio.sleep(RETRY_DESCRIBE_S)
+                continue
+            self.spec = spec
+            log.info("model described", extra={"spec": spec})
+            return
 
     async def close(self) -> None:
         """After the host stopped: finish in-flight groups, close the backend channels."""
