@@ -44,6 +44,11 @@ def channel_options(
         ("grpc.keepalive_time_ms", 10_000),
         ("grpc.keepalive_timeout_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A killed worker comes back within seconds (a restarted process or pod): reconnect soon after,
+        # not after gRPC's default backoff, which grows to 120 s.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
 
 
