@@ -255,6 +255,11 @@ def launch(
         yield System(frontend, workers, parity, encoder, decoder, logs, mode, k)
 
 
+def _interrupt_once(*_: object) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", default="models/mnist")
@@ -262,15 +267,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--log-dir", default="results/logs", help="one log file per service")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the clean-up of `launch`
-    with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
-        for name, service in system.services.items():
-            print(f"{name:14s} {service.target:22s} metrics :{service.metrics_port:<6d} pid {service.pid}")
-        print(f"all SERVING; clients: {system.frontend.target}; logs: {system.log_dir}; Ctrl-C stops")
-        try:
-            signal.pause()
-        except KeyboardInterrupt:
-            print("stopping")
+    # run the clean-up of `launch` on SIGTERM, and on Ctrl-C even where SIGINT came in ignored
+    # (background jobs of a non-interactive shell); a second Ctrl-C must not cut the clean-up short
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, _interrupt_once)
+    try:
+        with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
+            for name, service in system.services.items():
+                print(
+                    f"{name:14s} {service.target:22s} metrics :{service.metrics_port:<6d} pid {service.pid}"
+                )
+            print(
+                f"all SERVING; clients: {system.frontend.target}; logs: {system.log_dir}; Ctrl-C stops",
+                flush=True,
+            )
+            while True:  # short sleeps, not signal.pause(): a signal just before pause() would be missed
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("stopped")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,3 +37,28 @@ def test_launch_serves_restarts_and_stops_everything(model_dir: Path, tmp_path: 
 def test_launch_reports_a_service_that_cannot_start(tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="worker-0 exited"), launch(tmp_path / "no-models", "none", 2):
         pass
+
+
+def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(model_dir: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "coded_invnet.launcher", "--model-dir", str(model_dir), "--mode", "none"]
+    launcher = subprocess.Popen(
+        [*command, "--k", "2", "--log-dir", str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert launcher.stdout is not None
+    try:
+        lines = []
+        for line in launcher.stdout:
+            lines.append(line)
+            if line.startswith("all SERVING"):
+                break
+        pids = [int(line.rsplit("pid", 1)[1]) for line in lines if " pid " in line]
+        assert len(pids) == 3, lines
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(30) == 0
+    finally:
+        if launcher.poll() is None:  # the test failed: still clean up
+            launcher.terminate()
+            launcher.wait(30)
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
