@@ -65,7 +65,7 @@ CASES = {
     "more than the queue holds": (
         request(random_images(SYSTEM_MAX_QUEUE + 1)),
         StatusCode.RESOURCE_EXHAUSTED,
-        "queue is full",
+        "split it",
     ),
     "oversized message": (
         request(random_images(SYSTEM_MAX_MESSAGE_BYTES // (28 * 28 * 4) + 1)),

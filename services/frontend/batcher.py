@@ -133,6 +133,11 @@ class Batcher:
 
     def submit(self, images: np.ndarray) -> list[asyncio.Future[QueryResult]]:
         """Queue every image of ``images`` (n, C, H, W); all or nothing when the queue is full."""
+        if len(images) > self._cfg.max_queue:
+            raise Overloaded(
+                f"the request holds {len(images)} queries; the queue takes at most {self._cfg.max_queue}: "
+                "split it"
+            )
         if len(self._queue) + len(images) > self._cfg.max_queue:
             raise Overloaded(
                 f"frontend queue is full ({len(self._queue)} of {self._cfg.max_queue} queries waiting); "
