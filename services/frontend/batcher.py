@@ -6,13 +6,15 @@ Pure asyncio, no gRPC: the backends (data workers, encoder, parity worker, decod
 A coding group holds k data batches of b ≤ B queries each. Queries are dealt round-robin (query q goes to
 batch q mod k, row q div k), so a partial group has batches of equal size b = ceil(n / k); the empty slots
 are padded with zero images. Padding rows are computed like real ones because decoding row i of one batch
-needs row i of every other batch. Parity row i encodes row i of each of the k batches.
+needs row i of every other batch; a batch of padding only is not sent at all, as the output of a zero
+image is learnt once (`learn_padding`). Parity row i encodes row i of each of the k batches.
 
 Per group (coded modes): the k data batches and the parity path (encoder, then parity worker) run
 concurrently. Each query is answered as soon as its own batch is in. A batch that failed, or is still
-missing at the straggler deadline, is decoded from the parity and the other k-1 batches; its straggling
-call is then cancelled. Whenever decoding is impossible (parity path down, decoder down, two batches
-missing) a failed or straggling batch is re-sent to another worker instead, so nothing is lost.
+missing at the straggler deadline while the parity and the other k-1 batches are in, is decoded; its
+straggling call is then cancelled. Whenever decoding is impossible (parity path down, decoder down, two
+batches missing) a failed batch is re-sent to another worker, and a batch late on its own is hedged there
+once, so nothing is lost.
 """
 
 from __future__ import annotations
@@ -112,10 +114,6 @@ class Batcher:
         """Compute the model's output for a zero image once, so that batches holding only padding
         need not be sent: their outputs, needed to decode the others, are known."""
         self._padding = await self._backends.infer(0, 0, 0, np.zeros((1, *image_shape), np.float32))
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._collect_forever(), name="batcher")
