@@ -25,3 +25,16 @@ def coded_system(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         model_dir, "coded-invnet", K, frontend_settings=limits, log_dir=tmp_path_factory.mktemp("logs")
     ) as system:
         yield system
+
+
+@pytest.fixture(scope="session")
+def smoke_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny real training run (MNIST subset): base classifier, encoder and ParM for k=2."""
+    from coded_invnet import train
+
+    root = tmp_path_factory.mktemp("smoke")
+    common = ["--dataset", "mnist", "--epochs", "1", "--train-limit", "512", "--batch-size", "64"]
+    common += ["--models-dir", str(root / "models"), "--checkpoints-dir", str(root / "ckpt")]
+    for what in (["base"], ["encoder", "--k", "2"], ["parm", "--k", "2"]):
+        assert train.main([*what, *common]) == 0
+    return root / "models" / "mnist"

@@ -77,10 +77,15 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.f(x)
 
-    def inverse(self, y: torch.Tensor, iterations: int) -> torch.Tensor:
+    def inverse(self, y: torch.Tensor, iterations: int, tol: float = 1e-7) -> torch.Tensor:
+        """Fixed point of x = y − f(x); stops early once no element moves by more than ``tol``."""
         x = y
         for _ in range(iterations):
-            x = y - self.f(x)
+            x_next = y - self.f(x)
+            done = (x_next - x).abs().max().item() <= tol
+            x = x_next
+            if done:
+                break
         return x
 
 

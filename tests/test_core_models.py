@@ -1,0 +1,194 @@
+"""Contracts of the networks and the coding math: invertibility, Lipschitz bounds, permutation invariance,
+cost budgets, exact (oracle) decoding, ONNX parity."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+
+from coded_invnet import coding
+from coded_invnet.checkpoint import load_classifier
+from coded_invnet.data import load_dataset
+from coded_invnet.export import export_dataset, load_encoder, load_parm
+from coded_invnet.flops import count_macs
+from coded_invnet.models.classifier import ClassifierSpec, InvNetClassifier
+from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
+from coded_invnet.models.invresnet import InvertibleResNet, ResidualBlock, SpectralConv2d
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "mnist"
+
+
+@pytest.fixture(scope="module")
+def mnist_images() -> torch.Tensor:
+    return torch.from_numpy(load_dataset("mnist").test.images[:64])
+
+
+def shipped_or_smoke(smoke_models: Path) -> Path:
+    return SHIPPED if (SHIPPED / "classifier.pt").is_file() else smoke_models
+
+
+# ------------------------------------------------------------------ invertible body
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_round_trip_on_real_images(trained: bool, mnist_images: torch.Tensor, smoke_models: Path) -> None:
+    if trained:
+        g = load_classifier(shipped_or_smoke(smoke_models) / "classifier.pt").g
+    else:
+        torch.manual_seed(0)
+        g = InvertibleResNet(coeff=0.9)
+        g.train()
+        for _ in range(20):  # settle the power iterations so the norm bound is in force
+            g(mnist_images[:8])
+        g.eval()
+    with torch.no_grad():
+        z = g(mnist_images)
+        x_back = g.inverse(z)
+    assert z.shape == (64, 784), "z has as many elements as x"
+    assert (x_back - mnist_images).abs().max().item() <= 1e-4
+
+
+def test_spectral_conv_keeps_operator_norm_below_coeff() -> None:
+    torch.manual_seed(0)
+    conv = SpectralConv2d(4, 32, 3, (14, 14), coeff=0.8)
+    with torch.no_grad():
+        conv.conv.weight.mul_(10)  # far above the bound before normalisation
+    conv.train()
+    for _ in range(50):
+        conv(torch.rand(2, 4, 14, 14))
+    conv.eval()
+    w = conv.normalised_weight().detach()
+    u = torch.randn(1, 4, 14, 14)  # independent power iteration on the conv operator
+    for _ in range(200):
+        v = F.conv2d(u, w, padding=1)
+        u = F.conv_transpose2d(v / v.norm(), w, padding=1)
+        u = u / u.norm()
+    sigma = F.conv2d(u, w, padding=1).norm().item()
+    assert sigma <= 0.8 * 1.02, f"operator norm {sigma:.3f} exceeds the coefficient"
+
+
+def test_residual_branch_is_a_contraction() -> None:
+    torch.manual_seed(1)
+    block = ResidualBlock(16, 64, (7, 7), coeff=0.9)
+    block.train()
+    for _ in range(30):
+        block(torch.randn(4, 16, 7, 7))
+    block.eval()
+    x, y = torch.randn(64, 16, 7, 7), torch.randn(64, 16, 7, 7)
+    with torch.no_grad():
+        ratio = (block.f(x) - block.f(y)).flatten(1).norm(dim=1) / (x - y).flatten(1).norm(dim=1)
+    assert ratio.max().item() < 0.9**3 + 1e-3
+
+
+# ------------------------------------------------------------------ encoder and head
+
+
+def test_encoder_is_permutation_invariant() -> None:
+    torch.manual_seed(2)
+    enc = FusionEncoder(EncoderSpec(k=4))
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # a non-trivial correction
+        x = torch.rand(3, 4, 1, 28, 28)
+        reference = enc(x)
+        for perm in itertools.permutations(range(4)):
+            assert torch.allclose(enc(x[:, list(perm)]), reference, atol=1e-5)
+
+
+def test_untrained_encoder_is_the_pixel_mean() -> None:
+    x = torch.rand(2, 10, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(FusionEncoder(EncoderSpec(k=10))(x), x.mean(1), atol=1e-6)
+
+
+def test_encoder_rejects_wrong_group_size() -> None:
+    with pytest.raises(AssertionError, match="expected"):
+        FusionEncoder(EncoderSpec(k=4))(torch.rand(2, 3, 1, 28, 28))
+
+
+def test_compute_budgets() -> None:
+    model = InvNetClassifier(ClassifierSpec())
+    worker = count_macs(model, torch.rand(1, 1, 28, 28))
+    head = count_macs(model.h, torch.rand(1, 784))
+    assert head <= 0.05 * worker, "the head must stay light: decoding runs only h"
+    encoder = count_macs(FusionEncoder(EncoderSpec(k=10)), torch.rand(1, 10, 1, 28, 28))
+    assert encoder <= worker, "F_10 must cost at most one worker query per group"
+    assert (worker + encoder) / (10 * worker) <= 0.20
+
+
+# ------------------------------------------------------------------ coding math
+
+
+@pytest.mark.parametrize("lib", ["numpy", "torch"])
+def test_decode_functions_agree(lib: str) -> None:
+    rng = np.random.default_rng(0)
+    outputs = rng.normal(size=(5, 3, 7)).astype(np.float32)
+    parity = outputs.mean(0)
+    if lib == "torch":
+        outputs_t, parity_t = torch.from_numpy(outputs), torch.from_numpy(parity)
+        all_ = coding.decode_all(parity_t, outputs_t).numpy()
+        one = coding.decode_group(parity_t, outputs_t, 2).numpy()
+        missing = coding.decode_missing(parity_t, torch.cat([outputs_t[:2], outputs_t[3:]]), 5).numpy()
+    else:
+        all_ = coding.decode_all(parity, outputs)
+        one = coding.decode_group(parity, outputs, 2)
+        missing = coding.decode_missing(parity, np.concatenate([outputs[:2], outputs[3:]]), 5)
+    np.testing.assert_allclose(all_, outputs, atol=1e-5)
+    np.testing.assert_allclose(one, outputs[2], atol=1e-5)
+    np.testing.assert_allclose(missing, outputs[2], atol=1e-5)
+
+
+def test_decode_rejects_mismatched_inputs() -> None:
+    with pytest.raises(coding.CodingError, match="expected available"):
+        coding.decode_missing(np.zeros((2, 3)), np.zeros((4, 2, 3)), k=4)
+    with pytest.raises(coding.CodingError, match="k must be"):
+        coding.decode_missing(np.zeros((2, 3)), np.zeros((0, 2, 3)), k=1)
+    with pytest.raises(coding.CodingError, match="out of range"):
+        coding.decode_group(np.zeros((2, 3)), np.zeros((4, 2, 3)), missing=4)
+
+
+def test_oracle_parity_decodes_like_the_base_model(smoke_models: Path) -> None:
+    """With the exact parity g⁻¹(mean z), decoded predictions agree with the base model (k=10)."""
+    model = load_classifier(shipped_or_smoke(smoke_models) / "classifier.pt")
+    images = torch.from_numpy(load_dataset("mnist").test.images[:500]).reshape(50, 10, 1, 28, 28)
+    with torch.no_grad():
+        logits, z = model(images.flatten(0, 1))
+        z = z.reshape(50, 10, -1)
+        z_p = model.g(model.g.inverse(z.mean(1)))
+        decoded = coding.decode_all(z_p, z.transpose(0, 1))  # (k, groups, D)
+        agree = (model.h(decoded).argmax(-1) == logits.reshape(50, 10, -1).argmax(-1).T).float().mean()
+    assert agree.item() >= 0.999
+
+
+# ------------------------------------------------------------------ ONNX parity
+
+
+def test_onnx_matches_torch_on_real_inputs(smoke_models: Path, mnist_images: torch.Tensor) -> None:
+    export_dataset(smoke_models)
+    base = load_classifier(smoke_models / "classifier.pt")
+    x = mnist_images[:32]
+    groups = mnist_images[:32].reshape(16, 2, 1, 28, 28)
+
+    def run(name: str, array: torch.Tensor) -> list[np.ndarray]:
+        session = ort.InferenceSession(str(smoke_models / name), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: array.numpy()})
+
+    with torch.no_grad():
+        logits, z = base(x)
+        expected = {
+            "worker.onnx": (x, [logits, z]),
+            "head.onnx": (z, [logits]),
+            "encoder_k2.onnx": (groups, [load_encoder(smoke_models / "encoder_k2.pt")(groups)]),
+            "parm_encoder_k2.onnx": (groups, [groups.mean(1)]),
+            "parm_k2.onnx": (groups.mean(1), [load_parm(smoke_models / "parm_k2.pt")(groups.mean(1))]),
+        }
+    for name, (inputs, outputs) in expected.items():
+        got = run(name, inputs)
+        for g, e in zip(got, outputs, strict=True):
+            assert np.abs(g - e.numpy()).max() <= 1e-4, name

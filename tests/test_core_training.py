@@ -1,0 +1,145 @@
+"""Training, evaluation and data loading, run for real on small subsets."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from coded_invnet import evaluate, train
+from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier
+from coded_invnet.data import DataError, load_dataset, read_idx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_smoke_training_writes_loadable_models(smoke_models: Path) -> None:
+    model = load_classifier(smoke_models / "classifier.pt")
+    assert load_checkpoint(smoke_models / "encoder_k2.pt", "encoder")["k"] == 2
+    assert load_checkpoint(smoke_models / "parm_k2.pt", "parm")["encoder"] == "mean"
+    images = torch.from_numpy(load_dataset("mnist").test.images[:500])
+    labels = load_dataset("mnist").test.labels[:500]
+    with torch.no_grad():
+        accuracy = (model(images)[0].argmax(1).numpy() == labels).mean()
+    assert accuracy > 0.3, "even one epoch on 512 images learns something (chance: 0.1)"
+
+
+def test_training_resumes_from_its_state(tmp_path: Path) -> None:
+    args = ["base", "--dataset", "mnist", "--train-limit", "128", "--batch-size", "64"]
+    args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
+    assert train.main([*args, "--epochs", "1"]) == 0
+    assert train.main([*args, "--epochs", "2"]) == 0  # picks up after epoch 1
+    history = load_checkpoint(tmp_path / "m" / "mnist" / "classifier.pt", "classifier")["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["encoder", "--k", "1"], "--k must be"),
+        (["base", "--dataset", "imagenet"], "unknown data set"),
+        (["encoder", "--k", "4", "--base", "/nonexistent/classifier.pt"], "not found"),
+    ],
+)
+def test_training_cli_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert train.main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_wrong_checkpoint_kind_is_named(smoke_models: Path) -> None:
+    with pytest.raises(ModelFileError, match="expected 'classifier'"):
+        load_classifier(smoke_models / "encoder_k2.pt")
+
+
+def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(smoke_models, models / "mnist")
+    out = tmp_path / "acc.json"
+    code = evaluate.main(
+        ["--datasets", "mnist", "--models-dir", str(models), "--limit", "200", "--out", str(out)]
+        + ["--overhead-out", str(tmp_path / "o.json"), "--plot", str(tmp_path / "p.png")]
+        + ["--results-md", str(tmp_path / "R.md")]
+    )
+    assert code == 0
+    records = json.loads(out.read_text())
+    keys = {
+        "dataset",
+        "k",
+        "method",
+        "normal_accuracy",
+        "degraded_accuracy",
+        "recovery_accuracy",
+        "n_queries",
+    }
+    assert all(set(r) == keys for r in records)
+    by_method = {(r["method"], r["k"]): r for r in records}
+    assert by_method[("none", 2)]["degraded_accuracy"] == 0.0
+    assert by_method[("coded-invnet", 2)]["n_queries"] == 200
+    assert by_method[("coded-invnet", 2)]["recovery_accuracy"] > 0.5
+    assert ("parm", 2) in by_method
+    assert (tmp_path / "p.png").stat().st_size > 0
+    assert evaluate.TABLE_BEGIN in (tmp_path / "R.md").read_text()
+
+
+def test_evaluate_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert evaluate.main(["--datasets", "svhn"]) == 2
+    assert evaluate.main(["--datasets", "mnist", "--models-dir", str(tmp_path)]) == 2
+    assert "make train" in capsys.readouterr().err
+
+
+def test_shipped_results_match_the_doc() -> None:
+    """docs/RESULTS.md quotes results/accuracy.json exactly (both are written by `make eval`)."""
+    results = REPO / "results" / "accuracy.json"
+    if not results.is_file():
+        pytest.skip("no results/accuracy.json yet")
+    table = evaluate.accuracy_table(json.loads(results.read_text()))
+    assert table in (REPO / "docs" / "RESULTS.md").read_text()
+
+
+# ------------------------------------------------------------------ data loaders
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_directory_is_loaded(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "MNIST" / "raw"
+    folder.mkdir(parents=True)
+    write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (10_050, 28, 28)))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 10_050))
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (20, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 20))
+    data = load_dataset("mnist", tmp_path)
+    assert (len(data.train), len(data.val), len(data.test)) == (50, 10_000, 20)
+    assert data.train.images.shape[1:] == (1, 28, 28) and data.train.images.max() <= 1.0
+
+
+def test_corrupt_and_missing_files_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(bad, "wb") as f:
+        f.write(bytes([0, 0, 8, 3]) + (5).to_bytes(4, "big") * 3 + b"short")
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(bad)
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=str(bad)):
+        read_idx(bad)
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(DataError, match="unknown data set"):
+        load_dataset("svhn")
+
+
+def test_standard_data_sets_load() -> None:
+    for name in ("mnist", "fashion-mnist"):
+        data = load_dataset(name)
+        assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
+        assert data.image_shape == (1, 28, 28) and set(np.unique(data.test.labels)) == set(range(10))
