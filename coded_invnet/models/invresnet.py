@@ -44,7 +44,8 @@ class SpectralConv2d(nn.Module):
                     v = v / (v.norm() + 1e-12)
                     u = F.conv_transpose2d(v, w, padding=self.padding)
                     self.u.copy_(u / (u.norm() + 1e-12))
-        sigma = F.conv2d(self.u, w, padding=self.padding).norm()
+        # a copy: later forwards in the same step update u in place, autograd must keep this one
+        sigma = F.conv2d(self.u.clone(), w, padding=self.padding).norm()
         return w / torch.clamp(sigma / self.coeff, min=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
