@@ -15,6 +15,7 @@ docs/accuracy_vs_k.png, and the table between the markers in docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -298,6 +299,15 @@ def replace_block(path: Path, begin: str, end: str, body: str, command: str) -> 
     path.write_text(text)
 
 
+def record_metrics(manifest_path: Path, records: list[dict[str, Any]], command: str) -> None:
+    """Put the evaluation figures into the data set's model manifest (made by `make export`)."""
+    if not manifest_path.is_file():
+        return
+    manifest = json.loads(manifest_path.read_text())
+    manifest["metrics"] = {"command": command, "records": records}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m coded_invnet.evaluate", description=__doc__.splitlines()[0]
@@ -334,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, records)
     write_json(Path(args.out).with_suffix(".meta.json"), {"command": command, "n_records": len(records)})
     write_json(args.overhead_out, {"command": command, "datasets": overheads})
+    for ds in datasets:
+        record_metrics(
+            Path(args.models_dir) / ds / "manifest.json", [r for r in records if r["dataset"] == ds], command
+        )
     plot(records, Path(args.plot))
     if args.results_md:
         md = Path(args.results_md)
