@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
 import sys
 import time
@@ -237,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.seed,
         args.rounds,
     )
-    started = time.time()
+    started, load_at_start = time.time(), os.getloadavg()[0]
     ks = [int(k) for k in args.ks.split(",")]
     records = asyncio.run(
         run_bench(args.model_dir, args.modes.split(","), ks, args.faults.split(","), plan, args.dataset)
@@ -249,6 +250,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "command": shlex.join(["python", "-m", "coded_invnet.bench", *arguments]),
         "plan": asdict(plan),
         "wall_s": round(time.time() - started, 1),
+        # the machine is shared (e.g. model training): its load explains noise in the tails
+        "load_average_1m_start_end": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
+        "cpu_cores": os.cpu_count(),
         "records": str(args.out),
     }
     args.out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
