@@ -143,3 +143,33 @@ def test_standard_data_sets_load() -> None:
         data = load_dataset(name)
         assert (len(data.train), len(data.val), len(data.test)) == (50_000, 10_000, 10_000)
         assert data.image_shape == (1, 28, 28) and set(np.unique(data.test.labels)) == set(range(10))
+
+
+def test_coding_aware_fine_tuning_runs(smoke_models: Path, tmp_path: Path) -> None:
+    args = [
+        "coding-aware",
+        "--dataset",
+        "mnist",
+        "--epochs",
+        "1",
+        "--train-limit",
+        "128",
+        "--batch-size",
+        "64",
+    ]
+    args += ["--base", str(smoke_models / "classifier.pt"), "--name", "tuned"]
+    args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
+    assert train.main(args) == 0
+    ckpt = load_checkpoint(tmp_path / "m" / "mnist" / "tuned.pt", "classifier")
+    assert ckpt["coding_aware"] == 1.0 and ckpt["base"] == "classifier.pt"
+
+
+def test_plan_builds_every_model_on_an_earlier_one() -> None:
+    jobs = train.plan(("mnist", "fashion-mnist"), ablations=True)
+    made: set[tuple[str, str]] = set()
+    for job in jobs:
+        if job.kind != "base":
+            assert (job.dataset, job.base) in made, f"{job.name} needs {job.base} first"
+        made.add((job.dataset, job.name))
+    names = {name for _, name in made}
+    assert {"classifier", "encoder_k10", "parm_k10", "encoder_gan_k2", "classifier_nomixup"} <= names
