@@ -35,6 +35,7 @@ from coded_invnet.client import AsyncClient
 from coded_invnet.data import Split, load_dataset
 from coded_invnet.launcher import System, launch
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
+from coded_invnet.serving.config import DECODABLE_MODES, default_model_file
 from loadtest.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
 MODES = ("none", "replication", "parm", "coded-invnet")
@@ -147,6 +148,15 @@ def record(system: System, fault: str, tally: FaultTally) -> dict[str, Any]:
     }
 
 
+def missing_models(model_dir: Path, mode: str, k: int) -> list[str]:
+    """The ONNX files a launch of (mode, k) would need that model_dir lacks."""
+    services = [("worker", "data")]
+    if mode in DECODABLE_MODES:
+        services += [("worker", "parity"), ("encoder", ""), ("decoder", "")]
+    needed = {default_model_file(service, mode, role, k) for service, role in services}
+    return sorted(name for name in needed if not (model_dir / name).is_file())
+
+
 async def run_bench(
     model_dir: Path,
     modes: Sequence[str],
@@ -161,6 +171,9 @@ async def run_bench(
     records = []
     for k in ks:
         for mode in modes:
+            if missing := missing_models(model_dir, mode, k):
+                print(f"skipping mode {mode} k={k}: {model_dir} lacks {', '.join(missing)}", flush=True)
+                continue
             # "none" waits for all k batches: only failed batches are re-sent, stragglers are not hedged
             straggler_timeout_ms = plan.timeout_s * 1e3 if mode == "none" else plan.straggler_timeout_ms
             settings = {"straggler_timeout_ms": straggler_timeout_ms}
@@ -253,6 +266,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         # the machine is shared (e.g. model training): its load explains noise in the tails
         "load_average_1m_start_end": [round(load_at_start, 2), round(os.getloadavg()[0], 2)],
         "cpu_cores": os.cpu_count(),
+        "skipped": [
+            f"{mode} k={k}: no {', '.join(missing)}"
+            for k in ks
+            for mode in args.modes.split(",")
+            if (missing := missing_models(args.model_dir, mode, k))
+        ],
         "records": str(args.out),
     }
     args.out.with_suffix(".meta.json").write_text(json.dumps(meta, indent=2) + "\n")
