@@ -23,6 +23,8 @@ the frontend pointed at them; each gets free loopback ports (gRPC and Prometheus
 grpc.health.v1 service, or raises `LaunchError` with the tail of the failing process's log.
 Extra settings go to every process (`settings`) or to one service (`frontend_settings`,
 `worker_settings`) as config field names, e.g. ``frontend_settings={"straggler_timeout_ms": 30}``.
+The parity path (parity worker, encoder) runs at a lower CPU priority (`parity_niceness`): it is
+insurance, and on cores shared by every process it must not slow the data path down.
 """
 
 from __future__ import annotations
@@ -159,11 +161,13 @@ def _flags(settings: Settings) -> list[str]:
     return flags
 
 
-def _start(name: str, service: str, settings: Settings, log_dir: Path) -> ServiceProcess:
+def _start(name: str, service: str, settings: Settings, log_dir: Path, niceness: int = 0) -> ServiceProcess:
     port, metrics_port = free_port(), free_port()
     all_settings = {"host": HOST, "port": port, "metrics_port": metrics_port, **settings}
     log_path = log_dir / f"{name}.log"
     command = [sys.executable, "-m", f"services.{service}.server", *_flags(all_settings)]
+    if niceness:
+        command = ["nice", "-n", str(niceness), *command]  # nice execs: the pid stays the service's
     return ServiceProcess(name, port, metrics_port, _spawn(command, log_path), log_path, command)
 
 
@@ -213,6 +217,7 @@ def launch(
     log_dir: str | os.PathLike[str] | None = None,
     ready_timeout_s: float = 120.0,
     stop_grace_s: float = 5.0,
+    parity_niceness: int = 10,
 ) -> Iterator[System]:
     """Start the system, yield it once every service is SERVING, stop everything on exit."""
     common: dict[str, object] = {"mode": mode, "k": k, **(settings or {})}
@@ -230,16 +235,16 @@ def launch(
             for service in reversed(started):
                 service.terminate(stop_grace_s)
 
-        def start(name: str, service: str, extra: Settings) -> ServiceProcess:
-            started.append(_start(name, service, extra, logs))
+        def start(name: str, service: str, extra: Settings, niceness: int = 0) -> ServiceProcess:
+            started.append(_start(name, service, extra, logs, niceness))
             return started[-1]
 
         worker_extra = {**model_common, **(worker_settings or {})}
         workers = [start(f"worker-{i}", "worker", {**worker_extra, "role": "data"}) for i in range(k)]
         parity = encoder = decoder = None
         if mode in DECODABLE_MODES:
-            parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"})
-            encoder = start("encoder", "encoder", model_common)
+            parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"}, parity_niceness)
+            encoder = start("encoder", "encoder", model_common, parity_niceness)
             decoder = start("decoder", "decoder", model_common)
         backends = {
             "workers": [w.target for w in workers],

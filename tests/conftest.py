@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from frontend_helpers import SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE
+from frontend_helpers import LENIENT_STRAGGLER_TIMEOUT_MS, SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE
 from serving_models import K, model_dir_for
 
 from coded_invnet.launcher import System, launch
@@ -20,7 +20,12 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def coded_system(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """The whole system (coded-invnet, k=K) as local processes, shared by the tests that leave it intact."""
-    limits = {"max_message_bytes": SYSTEM_MAX_MESSAGE_BYTES, "max_queue": SYSTEM_MAX_QUEUE}
+    limits = {
+        "max_message_bytes": SYSTEM_MAX_MESSAGE_BYTES,
+        "max_queue": SYSTEM_MAX_QUEUE,
+        # no fault is injected here: a loaded test machine must not make a slow batch look like a straggler
+        "straggler_timeout_ms": LENIENT_STRAGGLER_TIMEOUT_MS,
+    }
     with launch(
         model_dir, "coded-invnet", K, frontend_settings=limits, log_dir=tmp_path_factory.mktemp("logs")
     ) as system:

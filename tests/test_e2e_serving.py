@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from frontend_helpers import random_images, reference_logits
+from frontend_helpers import LENIENT_STRAGGLER_TIMEOUT_MS, random_images, reference_logits
 from prometheus_client.parser import text_string_to_metric_families
 from serving_models import TRAINED_DIR, K
 
@@ -67,7 +67,8 @@ def test_sigkill_of_a_worker_mid_stream_loses_nothing(mode: str, model_dir: Path
         images, labels = test.images, test.labels
     else:
         images, labels = random_images(800), None
-    with launch(model_dir, mode, K, log_dir=tmp_path) as system:
+    lenient = {"straggler_timeout_ms": LENIENT_STRAGGLER_TIMEOUT_MS}  # decode for the kill, not for load
+    with launch(model_dir, mode, K, frontend_settings=lenient, log_dir=tmp_path) as system:
         results: list[StreamResult] = []
         with Client(system.frontend.target, timeout_s=30) as client:
             for result in client.stream(iter(images), window=32):

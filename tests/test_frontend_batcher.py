@@ -220,3 +220,20 @@ def test_several_late_batches_are_waited_for_not_duplicated() -> None:
     np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
     assert sum(r.resent_batches for r in reports) == 0
     assert [c for c in backends.calls if c[0] == "infer"] == [("infer", j) for j in range(4)]
+
+
+def test_delayed_parity_path_is_skipped_without_faults_and_started_by_a_failure() -> None:
+    quiet = LinearBackends("coded-invnet")
+    asyncio.run(run_queries(quiet, 8, k=4, max_batch=2, parity_delay_ms=1000))
+    assert ("encode", -1) not in quiet.calls
+
+    async def timed() -> tuple[float, list]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        _, results, _ = await run_queries(broken, 8, k=4, max_batch=2, parity_delay_ms=1000)
+        return loop.time() - started, results
+
+    broken = LinearBackends("coded-invnet", dead={2})
+    elapsed, results = asyncio.run(timed())
+    assert elapsed < 0.5  # the failure started the parity path, not the 1 s delay
+    assert [r.reconstructed for r in results] == [q % 4 == 2 for q in range(8)]

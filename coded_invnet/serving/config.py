@@ -63,6 +63,7 @@ class ServingConfig:
     max_batch: int = 8
     max_delay_ms: float = 2.0
     straggler_timeout_ms: float = 50.0
+    parity_delay_ms: float = 0.0  # 0: the parity path starts with the data batches
     max_queue: int = 4096
     max_inflight_groups: int = 8
     rpc_timeout_s: float = 10.0
@@ -158,6 +159,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_batch", int, "queries per data batch (B)", FRONTEND, check=_positive),
     Setting("max_delay_ms", float, "longest wait while filling a group", FRONTEND, check=_non_negative),
     Setting("straggler_timeout_ms", float, "wait before decoding a batch", FRONTEND, check=_positive),
+    Setting(
+        "parity_delay_ms",
+        float,
+        "start the parity path this late unless a batch fails first (0: at once)",
+        FRONTEND,
+        check=_non_negative,
+    ),
     Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
     Setting("rpc_timeout_s", float, "deadline of each backend RPC", FRONTEND, check=_positive),

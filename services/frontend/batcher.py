@@ -20,6 +20,7 @@ once, so nothing is lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import time
@@ -262,6 +263,7 @@ class _Group:
         self._decoding: int | None = None  # at most one member per group can be decoded
         self._pending: dict[asyncio.Task[object], int] = {}  # task → batch index, -1 for parity
         self._decode_started = 0.0
+        self._parity_needed = asyncio.Event()
         self._report = GroupReport(len(queries), self._images.shape[1], 0, 0, 0, 0.0)
 
     def report(self) -> GroupReport:
@@ -281,7 +283,9 @@ class _Group:
         while self._pending and not all(b.answered for b in self._batches):
             timeout = None if stragglers_due else max(0.0, straggler_at - self._clock())
             done, _ = await asyncio.wait(self._pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            stragglers_due = stragglers_due or not done
+            if not done:
+                stragglers_due = True
+                self._parity_needed.set()
             for task in done:
                 self._settle(task)
             self._recover(stragglers_due)
@@ -300,6 +304,10 @@ class _Group:
         self._spawn(j, self._backends.infer(worker, self._id, j, self._images[j]))
 
     async def _parity_path(self) -> np.ndarray:
+        delay_s = self._cfg.parity_delay_ms / 1000
+        if delay_s > 0:  # a group whose data batches are all in by then needs no parity at all
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._parity_needed.wait(), delay_s)
         parity_images = await self._backends.encode(
             self._id, np.ascontiguousarray(self._images.swapaxes(0, 1))
         )
@@ -328,6 +336,7 @@ class _Group:
                 self._answer(j, task.result(), reconstructed=True)  # type: ignore[arg-type]
             return
         if failed:
+            self._parity_needed.set()  # a failure: start a delayed parity path now
             return
         out: WorkerOutput = task.result()  # type: ignore[assignment]
         if batch.output is None:
