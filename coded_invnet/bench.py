@@ -55,6 +55,7 @@ class BenchPlan:
     kill_at_fraction: float
     seed: int
     rounds: int
+    parity_niceness: int
 
 
 def scrape_inferences(system: System) -> dict[str, float]:
@@ -177,7 +178,9 @@ async def run_bench(
             # "none" waits for all k batches: only failed batches are re-sent, stragglers are not hedged
             straggler_timeout_ms = plan.timeout_s * 1e3 if mode == "none" else plan.straggler_timeout_ms
             settings = {"straggler_timeout_ms": straggler_timeout_ms}
-            with launch(model_dir, mode, k, frontend_settings=settings) as system:
+            with launch(
+                model_dir, mode, k, frontend_settings=settings, parity_niceness=plan.parity_niceness
+            ) as system:
                 # warm-up: connections, caches, onnxruntime's first runs
                 await run_round(system, "none", test, plan, plan.seed, FaultTally())
                 tallies = {fault: FaultTally() for fault in faults}
@@ -239,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--kill-at", type=float, default=1 / 3, help="kill at this fraction of a phase")
     parser.add_argument("--seed", type=int, default=0)
+    # The parity path decides the straggler tail: by default it gets the same CPU priority as the data path.
+    parser.add_argument("--parity-niceness", type=int, default=0, help="nice level, parity path")
     args = parser.parse_args(argv)
     plan = BenchPlan(
         args.rate,
@@ -250,6 +255,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.kill_at,
         args.seed,
         args.rounds,
+        args.parity_niceness,
     )
     started, load_at_start = time.time(), os.getloadavg()[0]
     ks = [int(k) for k in args.ks.split(",")]
