@@ -41,6 +41,7 @@ from loadtest.openloop import Outcome, poisson_schedule, run_open_loop, summariz
 MODES = ("none", "replication", "parm", "coded-invnet")
 FAULTS = ("none", "straggler", "kill")
 ADMIN_TIMEOUT_S = 5.0
+RECONNECT_SETTLE_S = 2.0
 INFERENCES = "nv_inference_count"  # queries run through a model, per process (Prometheus counter)
 
 
@@ -124,6 +125,10 @@ async def run_round(
             await killer.kill(0)
         tally.outcomes += await load
     await killer.wait_restarted()
+    if fault == "kill":
+        # the frontend reconnects to the restarted worker within its 1 s reconnect backoff: let it, so the
+        # after-effects of this kill do not land in the next round's phases
+        await asyncio.sleep(RECONNECT_SETTLE_S)
     after = await asyncio.to_thread(scrape_inferences, system)
     if fault == "kill":  # the restarted worker counts from 0 again
         after[victim.name] += before_kill[victim.name]
