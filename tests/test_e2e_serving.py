@@ -103,11 +103,12 @@ def test_sigstopped_worker_is_answered_for_within_the_straggler_deadline(
             client.predict_batch(images)  # warm connections
             system.workers[0].pause()
             try:
-                # a lone query is dealt to batch 0, i.e. to the stopped worker 0
+                # lone queries go to batch 0 of consecutive groups, which rotate over the workers,
+                # so about one in K lands on the stopped worker 0
                 answers = [client.predict(image) for image in images]
             finally:
                 system.workers[0].resume()
-    assert all(a.reconstructed for a in answers)
+    assert sum(a.reconstructed for a in answers) >= len(images) // K - 1
     slowest = max(a.latency_ms for a in answers)
     # straggler deadline + decode (ms on loopback) + slack for a loaded 2-core machine
     assert slowest < STRAGGLER_TIMEOUT_MS + 400, f"slowest answer took {slowest:.0f} ms"

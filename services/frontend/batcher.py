@@ -299,7 +299,9 @@ class _Group:
 
     def _infer(self, j: int) -> None:
         batch = self._batches[j]
-        worker = (j + batch.workers_tried) % self._k
+        # rotate by group: under light load most groups hold one query (batch 0), which would
+        # otherwise always land on worker 0 and leave the others idle
+        worker = (j + self._id + batch.workers_tried) % self._k
         batch.workers_tried += 1
         self._spawn(j, self._backends.infer(worker, self._id, j, self._images[j]))
 
