@@ -88,9 +88,11 @@ def test_sigkill_of_a_worker_mid_stream_loses_nothing(mode: str, model_dir: Path
     assert not reconstructed[:100].any()
     direct = reference_logits(model_dir, images)
     np.testing.assert_allclose(logits[~reconstructed], direct[~reconstructed], rtol=1e-4, atol=1e-4)
-    if labels is not None:
+    if labels is not None and mode in ("coded-invnet", "parm"):
         rebuilt_accuracy = (logits[reconstructed].argmax(1) == labels[reconstructed]).mean()
-        assert rebuilt_accuracy > 0.7, f"accuracy of reconstructed answers {rebuilt_accuracy:.3f}"
+        # offline evaluation at k=2 (docs/RESULTS.md): coded-invnet ≈ 0.97, ParM ≈ 0.9
+        floor = 0.9 if mode == "coded-invnet" else 0.7
+        assert rebuilt_accuracy > floor, f"accuracy of reconstructed answers {rebuilt_accuracy:.3f}"
 
 
 def test_sigstopped_worker_is_answered_for_within_the_straggler_deadline(
