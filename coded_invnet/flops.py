@@ -24,13 +24,11 @@ def count_macs(module: nn.Module, example: torch.Tensor) -> int:
         assert isinstance(layer, nn.Linear)
         total += output.numel() * layer.in_features
 
+    # a SpectralConv2d runs its inner conv functionally, so the wrapper is hooked, not the inner conv
+    wrapped = {id(m.conv) for m in module.modules() if isinstance(m, SpectralConv2d)}
     handles = []
     for m in module.modules():
-        if isinstance(m, SpectralConv2d):
-            handles.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Conv2d) and not any(
-            isinstance(p, SpectralConv2d) and p.conv is m for p in module.modules()
-        ):
+        if isinstance(m, SpectralConv2d) or (isinstance(m, nn.Conv2d) and id(m) not in wrapped):
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))

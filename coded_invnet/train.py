@@ -186,34 +186,49 @@ def _val_split(data: Dataset, cfg: RunConfig) -> Split:
 # ---------------------------------------------------------------- base classifier (g + h, Manifold Mixup)
 
 
+class ShuffledBatches:
+    """Batch i of the current epoch's random order; a new order is drawn at i == 0."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.steps = len(x) // batch_size
+        self.order = torch.randperm(len(x), device=x.device)
+
+    def __call__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if i == 0:
+            self.order = torch.randperm(len(self.x), device=self.x.device)
+        idx = self.order[i * self.batch_size : (i + 1) * self.batch_size]
+        return self.x[idx], self.y[idx]
+
+
+def classification_loss(
+    model: InvNetClassifier, x: torch.Tensor, y: torch.Tensor, mixup: bool, rng: np.random.Generator
+) -> torch.Tensor:
+    """Cross-entropy, or with ``mixup`` the Manifold Mixup loss (random layer, λ ~ Beta(1, 1))."""
+    if not mixup:
+        return F.cross_entropy(model(x)[0], y)
+    lam = float(rng.beta(1.0, 1.0))
+    perm = torch.randperm(len(x), device=x.device)
+    logits = model.mixup_logits(x, perm, lam, int(rng.integers(0, model.g.num_mix_points + 1)))
+    return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+
+
 def train_base(cfg: RunConfig, data: Dataset, spec: ClassifierSpec, mixup: bool, name: str) -> Path:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = InvNetClassifier(spec).to(cfg.device)
     x_train, y_train = _tensor(_train_split(data, cfg), cfg.device)
     x_val, y_val = _tensor(_val_split(data, cfg), cfg.device)
-    n, bs = len(x_train), cfg.batch_size
-    steps = n // bs
-    order: list[torch.Tensor] = []
+    batches = ShuffledBatches(x_train, y_train, cfg.batch_size)
 
     def step(epoch: int, i: int) -> torch.Tensor:
-        if i == 0:
-            order[:] = [torch.randperm(n, device=cfg.device)]
-        idx = order[0][i * bs : (i + 1) * bs]
-        x, y = x_train[idx], y_train[idx]
-        if not mixup:
-            return F.cross_entropy(model(x)[0], y)
-        lam = float(rng.beta(1.0, 1.0))
-        perm = torch.randperm(len(x), device=cfg.device)
-        mix_at = int(rng.integers(0, model.g.num_mix_points + 1))
-        logits = model.mixup_logits(x, perm, lam, mix_at)
-        return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
+        return classification_loss(model, *batches(i), mixup, rng)
 
     def validate() -> float:
         return (predict(model, x_val)[0].argmax(1) == y_val).float().mean().item()
 
     best, score, history = _epoch_loop(
-        name, cfg, model, list(model.parameters()), step, steps, validate, lambda: {}
+        name, cfg, model, list(model.parameters()), step, batches.steps, validate, dict
     )
     return _write_model(
         cfg,
@@ -242,21 +257,11 @@ def train_coding_aware(
     x_train, y_train = _tensor(_train_split(data, cfg), cfg.device)
     x_val, y_val = _tensor(_val_split(data, cfg), cfg.device)
     val_groups = {k: fixed_val_groups(x_val, k, 200, cfg.seed) for k in KS}
-    n, bs = len(x_train), cfg.batch_size
-    order: list[torch.Tensor] = []
+    batches = ShuffledBatches(x_train, y_train, cfg.batch_size)
 
     def step(epoch: int, i: int) -> torch.Tensor:
-        if i == 0:
-            order[:] = [torch.randperm(n, device=cfg.device)]
-        idx = order[0][i * bs : (i + 1) * bs]
-        x, y = x_train[idx], y_train[idx]
-        if mixup:
-            lam = float(rng.beta(1.0, 1.0))
-            perm = torch.randperm(len(x), device=cfg.device)
-            logits = model.mixup_logits(x, perm, lam, int(rng.integers(0, model.g.num_mix_points + 1)))
-            class_loss = lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm])
-        else:
-            class_loss = F.cross_entropy(model(x)[0], y)
+        x, y = batches(i)
+        class_loss = classification_loss(model, x, y, mixup, rng)
         k = int(rng.choice(KS))
         groups = (len(x) // k) * k
         xg = x[:groups].unflatten(0, (-1, k))  # (G, k, C, H, W)
@@ -274,7 +279,7 @@ def train_coding_aware(
         return (accuracy + recovery) / 2  # select on both: the product needs both
 
     best, score, history = _epoch_loop(
-        name, cfg, model, list(model.parameters()), step, len(x_train) // bs, validate, dict
+        name, cfg, model, list(model.parameters()), step, batches.steps, validate, dict
     )
     return _write_model(
         cfg,

@@ -38,12 +38,11 @@ class SpectralConv2d(nn.Module):
     def normalised_weight(self) -> torch.Tensor:
         w = self.conv.weight
         if self.training:
-            with torch.no_grad():
-                for _ in range(1):
-                    v = F.conv2d(self.u, w, padding=self.padding)
-                    v = v / (v.norm() + 1e-12)
-                    u = F.conv_transpose2d(v, w, padding=self.padding)
-                    self.u.copy_(u / (u.norm() + 1e-12))
+            with torch.no_grad():  # one power-iteration step per training forward
+                v = F.conv2d(self.u, w, padding=self.padding)
+                v = v / (v.norm() + 1e-12)
+                u = F.conv_transpose2d(v, w, padding=self.padding)
+                self.u.copy_(u / (u.norm() + 1e-12))
         # a copy: later forwards in the same step update u in place, autograd must keep this one
         sigma = F.conv2d(self.u.clone(), w, padding=self.padding).norm()
         return w / torch.clamp(sigma / self.coeff, min=1.0)
