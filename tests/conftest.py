@@ -25,6 +25,7 @@ def coded_system(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "max_queue": SYSTEM_MAX_QUEUE,
         # no fault is injected here: a loaded test machine must not make a slow batch look like a straggler
         "straggler_timeout_ms": LENIENT_STRAGGLER_TIMEOUT_MS,
+        "decode_wait_ms": LENIENT_STRAGGLER_TIMEOUT_MS,
     }
     with launch(
         model_dir, "coded-invnet", K, frontend_settings=limits, log_dir=tmp_path_factory.mktemp("logs")
@@ -34,12 +35,14 @@ def coded_system(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture(scope="session")
 def smoke_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny real training run (MNIST subset): base classifier, encoder and ParM for k=2."""
+    """A tiny real training run (MNIST subset): base classifier, encoder and ParM for k=2, exported."""
     from coded_invnet import train
+    from coded_invnet.export import export_dataset
 
     root = tmp_path_factory.mktemp("smoke")
     common = ["--dataset", "mnist", "--epochs", "1", "--train-limit", "512", "--batch-size", "64"]
     common += ["--models-dir", str(root / "models"), "--checkpoints-dir", str(root / "ckpt")]
     for what in (["base"], ["encoder", "--k", "2"], ["parm", "--k", "2"]):
         assert train.main([*what, *common]) == 0
+    export_dataset(root / "models" / "mnist")
     return root / "models" / "mnist"

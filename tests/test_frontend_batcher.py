@@ -125,6 +125,29 @@ def test_straggler_is_decoded_at_its_deadline_and_cancelled() -> None:
     assert backends.cancelled == [2]
 
 
+@pytest.mark.parametrize("decode_wait_ms", [0.0, 300.0])
+def test_straggler_is_decoded_once_k_of_k_plus_1_are_in_not_at_its_deadline(decode_wait_ms: float) -> None:
+    """Any k of the k+1 results decode the last one (after decode_wait_ms): no wait for the (here 5 s)
+    straggler deadline."""
+    backends = LinearBackends("coded-invnet", delays={1: 10.0})
+
+    async def timed() -> tuple[float, np.ndarray, list]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        images, results, _ = await run_queries(
+            backends, 8, k=4, max_batch=2, straggler_timeout_ms=5000, decode_wait_ms=decode_wait_ms
+        )
+        return loop.time() - start, images, results
+
+    elapsed, images, results = asyncio.run(timed())
+    assert decode_wait_ms / 1000 <= elapsed < decode_wait_ms / 1000 + 1.0
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-3, atol=1e-3
+    )
+    assert [r.reconstructed for r in results] == [q % 4 == 1 for q in range(8)]
+    assert backends.cancelled == [1]
+
+
 @pytest.mark.parametrize("fault", ["parity_down", "decoder_down"])
 def test_parity_path_down_goes_on_uncoded(fault: str) -> None:
     backends = LinearBackends("coded-invnet", dead={3})

@@ -27,6 +27,7 @@ ROLES = ("data", "parity")
 DEVICES = ("auto", "cpu", "cuda")
 DELAY_KINDS = ("none", "fixed", "exponential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+TRANSPORTS = ("stream", "unary")
 
 
 @dataclass(frozen=True)
@@ -63,10 +64,12 @@ class ServingConfig:
     max_batch: int = 8
     max_delay_ms: float = 2.0
     straggler_timeout_ms: float = 50.0
+    decode_wait_ms: float = 0.0  # once k of the k+1 results are in, wait this long for the last one
     parity_delay_ms: float = 0.0  # 0: the parity path starts with the data batches
     max_queue: int = 4096
     max_inflight_groups: int = 8
     rpc_timeout_s: float = 10.0
+    backend_transport: str = "stream"  # one bidirectional stream per backend, or a unary RPC per batch
 
     def model_path(self) -> Path:
         """The ONNX file this service runs (see docs/CONTRACTS.md)."""
@@ -158,7 +161,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decoder", str, "decoder target", FRONTEND),
     Setting("max_batch", int, "queries per data batch (B)", FRONTEND, check=_positive),
     Setting("max_delay_ms", float, "longest wait while filling a group", FRONTEND, check=_non_negative),
-    Setting("straggler_timeout_ms", float, "wait before decoding a batch", FRONTEND, check=_positive),
+    Setting(
+        "straggler_timeout_ms",
+        float,
+        "wait before re-sending (or decoding) a batch",
+        FRONTEND,
+        check=_positive,
+    ),
+    Setting(
+        "decode_wait_ms",
+        float,
+        "once k of the k+1 results are in, wait this long for the last before decoding it (0: at once)",
+        FRONTEND,
+        check=_non_negative,
+    ),
     Setting(
         "parity_delay_ms",
         float,
@@ -168,7 +184,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
-    Setting("rpc_timeout_s", float, "deadline of each backend RPC", FRONTEND, check=_positive),
+    Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),
+    Setting(
+        "backend_transport",
+        str,
+        "backend calls: one stream per backend or a unary RPC per batch",
+        FRONTEND,
+        choices=TRANSPORTS,
+    ),
 )
 
 ENV_VARS: dict[str, tuple[str, ...]] = {

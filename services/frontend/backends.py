@@ -1,7 +1,10 @@
 """gRPC implementation of the batcher's `Backends`: data workers, encoder, parity worker, decoder.
 
-Each call is a unary RPC with the channel's deadline and UNAVAILABLE retries (shared service config);
-cancelling the awaiting task cancels the RPC, which is how a straggler's call is withdrawn.
+With `backend_transport=stream` (the default) every backend is reached over one long-lived
+bidirectional stream carrying many batches at once (`BatchStream`: a deadline per batch, in-stream
+cancellation); with `unary`, each batch is one RPC with its own deadline and UNAVAILABLE retries from
+the channel's service config. Either way, cancelling the awaiting task withdraws the batch at the
+backend: that is how a straggler's call is cancelled.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import grpc
 import numpy as np
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
+from coded_invnet.serving.batch_stream import BatchStream
 from coded_invnet.serving.channels import create_channel
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
@@ -76,17 +80,24 @@ class GrpcBackends:
         self._cfg = cfg
         self._channels = [channel(t) for t in workers]
         self._workers = [coded_pb2_grpc.WorkerStub(c) for c in self._channels]
-        self._parity: coded_pb2_grpc.WorkerStub | None = None
-        self._encoder: coded_pb2_grpc.EncoderStub | None = None
-        self._decoder: coded_pb2_grpc.DecoderStub | None = None
+        self._streams: dict[str, BatchStream] = {}
+        self._routes = {
+            f"data worker {i}": (stub.Infer, stub.InferStream) for i, stub in enumerate(self._workers)
+        }
         if cfg.mode in DECODABLE_MODES:
             parity, encoder, decoder = channel(cfg.parity_worker), channel(cfg.encoder), channel(cfg.decoder)
             self._channels += [parity, encoder, decoder]
-            self._parity = coded_pb2_grpc.WorkerStub(parity)
-            self._encoder = coded_pb2_grpc.EncoderStub(encoder)
-            self._decoder = coded_pb2_grpc.DecoderStub(decoder)
+            parity_stub = coded_pb2_grpc.WorkerStub(parity)
+            encoder_stub = coded_pb2_grpc.EncoderStub(encoder)
+            decoder_stub = coded_pb2_grpc.DecoderStub(decoder)
+            self._routes["parity worker"] = (parity_stub.Infer, parity_stub.InferStream)
+            self._routes["encoder"] = (encoder_stub.Encode, encoder_stub.EncodeStream)
+            self._routes["decoder"] = (decoder_stub.Decode, decoder_stub.DecodeStream)
+        if cfg.backend_transport == "stream":
+            self._streams = {who: BatchStream(stream, who) for who, (_, stream) in self._routes.items()}
 
     async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self._streams.values()))
         await asyncio.gather(*(c.close(None) for c in self._channels))
 
     async def describe_model(self, wait_s: float) -> ModelSpec:
@@ -109,38 +120,33 @@ class GrpcBackends:
                 raise Unavailable(f"data worker model has inputs {list(inputs)} and outputs {list(outputs)}")
             await asyncio.sleep(0.05)  # still loading its model
 
-    async def _call(self, rpc: object, who: str, group_id: int, index: int, **arrays: np.ndarray) -> dict:
+    async def _call(self, who: str, group_id: int, index: int, **arrays: np.ndarray) -> dict:
         batch = coded_pb2.Batch(group_id=group_id, index=index, tensors=arrays_to_proto(arrays))
-        try:
-            result = await rpc(batch, timeout=self._cfg.rpc_timeout_s)  # type: ignore[operator]
-        except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"{who}: {exc.code().name} {exc.details()}") from None
+        if who in self._streams:
+            result = await self._streams[who].call(batch, self._cfg.rpc_timeout_s)
+        else:
+            try:
+                result = await self._routes[who][0](batch, timeout=self._cfg.rpc_timeout_s)
+            except grpc.aio.AioRpcError as exc:
+                raise Unavailable(f"{who}: {exc.code().name} {exc.details()}") from None
         if result.HasField("error"):
             raise Unavailable(f"{who}: status {result.error.code} {result.error.message}")
         return arrays_from_proto(result.tensors, max_bytes=self._cfg.max_message_bytes)
 
     async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
-        out = await self._call(
-            self._workers[worker].Infer, f"data worker {worker}", group_id, index, x=images
-        )
+        out = await self._call(f"data worker {worker}", group_id, index, x=images)
         return WorkerOutput(out["logits"], out.get("z"))
 
     async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
-        assert self._encoder is not None
         k = batches.shape[1]
-        return (await self._call(self._encoder.Encode, "encoder", group_id, k, x=batches))["parity"]
+        return (await self._call("encoder", group_id, k, x=batches))["parity"]
 
     async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
-        assert self._parity is not None
-        k = self._cfg.k
-        out = await self._call(self._parity.Infer, "parity worker", group_id, k, x=parity_images)
+        out = await self._call("parity worker", group_id, self._cfg.k, x=parity_images)
         return out["z"] if self._cfg.mode == "coded-invnet" else out["logits"]
 
     async def decode(
         self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
     ) -> np.ndarray:
-        assert self._decoder is not None
-        out = await self._call(
-            self._decoder.Decode, "decoder", group_id, missing, parity=parity, available=available
-        )
+        out = await self._call("decoder", group_id, missing, parity=parity, available=available)
         return out["logits"]

@@ -10,9 +10,10 @@ needs row i of every other batch; a batch of padding only is not sent at all, as
 image is learnt once (`learn_padding`). Parity row i encodes row i of each of the k batches.
 
 Per group (coded modes): the k data batches and the parity path (encoder, then parity worker) run
-concurrently. Each query is answered as soon as its own batch is in. A batch that failed, or is still
-missing at the straggler deadline while the parity and the other k-1 batches are in, is decoded; its
-straggling call is then cancelled. Whenever decoding is impossible (parity path down, decoder down, two
+concurrently. Each query is answered as soon as its own batch is in, or as soon as the parity and the
+other k-1 batches are in (any k of the k+1 results decode the last one; `decode_wait_ms` can give the
+last one a little longer); the straggling call is then cancelled. A batch that failed is decoded the
+same way, at once. Whenever decoding is impossible (parity path down, decoder down, two
 batches missing) a failed batch is re-sent to another worker, and a batch late on its own is hedged there
 once, so nothing is lost.
 """
@@ -263,6 +264,7 @@ class _Group:
         self._decoding: int | None = None  # at most one member per group can be decoded
         self._pending: dict[asyncio.Task[object], int] = {}  # task → batch index, -1 for parity
         self._decode_started = 0.0
+        self._decodable_since: float | None = None  # when k of the k+1 results were first in
         self._parity_needed = asyncio.Event()
         self._report = GroupReport(len(queries), self._images.shape[1], 0, 0, 0, 0.0)
 
@@ -281,9 +283,12 @@ class _Group:
         straggler_at = self._clock() + self._cfg.straggler_timeout_ms / 1000
         stragglers_due = False
         while self._pending and not all(b.answered for b in self._batches):
-            timeout = None if stragglers_due else max(0.0, straggler_at - self._clock())
+            wake_at = [t for t in (straggler_at, self._decode_due_at()) if t is not None]
+            if stragglers_due:
+                wake_at.remove(straggler_at)
+            timeout = max(0.0, min(wake_at) - self._clock()) if wake_at else None
             done, _ = await asyncio.wait(self._pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if not done:
+            if not stragglers_due and self._clock() >= straggler_at:
                 stragglers_due = True
                 self._parity_needed.set()
             for task in done:
@@ -362,15 +367,23 @@ class _Group:
             self.cancel_all()  # the parity is no longer needed
 
     def _recover(self, stragglers_due: bool) -> None:
-        """Decode or re-send every batch that failed or (past the straggler deadline) is still missing."""
+        """Decode every missing batch that k of the k+1 results let us decode; re-send (or hedge) a batch
+        that failed or, past the straggler deadline, is still missing and cannot be decoded."""
         unanswered = sum(not b.answered for b in self._batches)
         for j, batch in enumerate(self._batches):
-            if batch.answered or (batch.inferring and not stragglers_due) or self._decoding == j:
+            if batch.answered or self._decoding == j:
                 continue
-            if self._decodable(j):
-                if self._parity is not None and self._decoding is None:
+            if self._decodable(j) and self._parity is not None and self._decoding is None:
+                # k of the k+1 results are in: decode now (after decode_wait_ms, if set, for a batch
+                # still computing; at once for one that failed)
+                if self._decodable_since is None:
+                    self._decodable_since = self._clock()
+                due_at = self._decode_due_at()
+                if not batch.inferring or stragglers_due or (due_at is not None and self._clock() >= due_at):
                     self._decode(j)
-                continue  # the parity (or the decode slot) is on its way
+                continue
+            if (batch.inferring and not stragglers_due) or self._decodable(j):
+                continue  # not late yet, or the parity (or the decode slot) is on its way
             if batch.inferring:
                 # hedge a slow batch once, and only when it alone is late: several late batches mean
                 # an overloaded pool, which duplicate work would only make worse
@@ -380,6 +393,11 @@ class _Group:
             if batch.workers_tried < self._k:
                 self._report.resent_batches += 1
                 self._infer(j)
+
+    def _decode_due_at(self) -> float | None:
+        if self._decodable_since is None or self._decoding is not None:
+            return None
+        return self._decodable_since + self._cfg.decode_wait_ms / 1000
 
     def _decodable(self, j: int) -> bool:
         """Every other member's output is in and the parity path still works."""
