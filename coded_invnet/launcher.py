@@ -143,11 +143,20 @@ class System:
         wait_serving([service], ready_timeout_s)
 
 
+_HANDED_OUT: set[int] = set()  # ports given to services started from this process
+
+
 def free_port() -> int:
-    """A port free right now on loopback (the OS could hand it out again, which is rare enough here)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    """A port free right now on loopback and not handed out before by this process: the OS may offer
+    a port again once its probe socket is closed, and one process launching several systems asks for
+    a hundred ports (two services on one port happened about once in five such runs)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _flags(settings: Settings) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 from coded_invnet.coding import decode_missing
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import DeadlineExceeded, Overloaded
-from services.frontend.batcher import Batcher, GroupReport, WorkerOutput
+from services.frontend.batcher import Batcher, GroupReport, ParityDelay, WorkerOutput
 
 IMAGE = (1, 4, 4)
 D = 16
@@ -260,3 +260,57 @@ def test_delayed_parity_path_is_skipped_without_faults_and_started_by_a_failure(
     elapsed, results = asyncio.run(timed())
     assert elapsed < 0.5  # the failure started the parity path, not the 1 s delay
     assert [r.reconstructed for r in results] == [q % 4 == 2 for q in range(8)]
+
+
+def test_parity_delay_follows_the_quantile_of_recent_clean_groups() -> None:
+    cfg = ServingConfig(service="frontend", parity_delay_ms=2.0, parity_delay_quantile=0.9)
+    delay = ParityDelay(cfg)
+    assert delay.seconds == 0.002  # too few groups seen yet: the floor
+    for i in range(ParityDelay.MIN_GROUPS):
+        delay.observe(0.010 + 0.001 * (i % 10))  # 10..19 ms
+    assert 0.017 <= delay.seconds <= 0.019
+    for _ in range(ParityDelay.WINDOW):
+        delay.observe(0.001)  # faster than the floor
+    assert delay.seconds == 0.002
+    off = ParityDelay(ServingConfig(service="frontend", parity_delay_quantile=0.0))
+    for _ in range(100):
+        off.observe(0.5)
+    assert off.seconds == 0.0
+
+
+def test_adaptive_parity_path_skips_healthy_groups_and_still_rescues_a_straggler() -> None:
+    """Healthy groups, once seen, teach the delay; later groups answered before it run no parity
+    path, while a group with a straggler gets its parity then and is decoded long before the deadline."""
+    backends = LinearBackends("coded-invnet", delays={j: 0.002 for j in range(4)})
+    config = ServingConfig(
+        service="frontend", mode="coded-invnet", k=4, max_batch=1, max_delay_ms=0,
+        parity_delay_quantile=0.9, straggler_timeout_ms=5000,
+    )  # fmt: skip
+
+    async def scenario() -> tuple[list[GroupReport], float, list]:
+        batcher = Batcher(config, backends)
+        reports: list[GroupReport] = []
+        batcher.on_group = reports.append
+        batcher.start()
+        loop = asyncio.get_running_loop()
+        try:
+            for _ in range(60):  # one group at a time: its latency is the workers' 2 ms
+                await batcher.infer(rng.random((4, *IMAGE), dtype=np.float32), timeout=5)
+            backends.delays[1] = 10.0
+            started = loop.time()
+            images = rng.random((4, *IMAGE), dtype=np.float32)
+            results = await batcher.infer(images, timeout=5)
+            elapsed = loop.time() - started
+        finally:
+            await batcher.stop()
+        np.testing.assert_allclose(
+            np.stack([r.logits for r in results]), true_logits(images), rtol=1e-3, atol=1e-3
+        )
+        return reports, elapsed, results
+
+    reports, elapsed, results = asyncio.run(scenario())
+    assert all(r.parity_started for r in reports[:20])  # nothing learnt yet: eager
+    assert sum(r.parity_started for r in reports[40:60]) <= 10
+    assert reports[-1].parity_started and reports[-1].reconstructed_batches == 1
+    assert [r.reconstructed for r in results] == [False, True, False, False]
+    assert elapsed < 1.0

@@ -66,6 +66,7 @@ class ServingConfig:
     straggler_timeout_ms: float = 50.0
     decode_wait_ms: float = 0.0  # once k of the k+1 results are in, wait this long for the last one
     parity_delay_ms: float = 0.0  # 0: the parity path starts with the data batches
+    parity_delay_quantile: float = 0.9  # > 0: start it at this quantile of recent groups' latency
     max_queue: int = 4096
     max_inflight_groups: int = 8
     rpc_timeout_s: float = 10.0
@@ -181,6 +182,14 @@ SETTINGS: tuple[Setting, ...] = (
         "start the parity path this late unless a batch fails first (0: at once)",
         FRONTEND,
         check=_non_negative,
+    ),
+    Setting(
+        "parity_delay_quantile",
+        float,
+        "start the parity path at this quantile of recent fault-free groups' latency (0: off)",
+        FRONTEND,
+        check=lambda q: 0 <= q < 1,
+        requirement="in [0, 1)",
     ),
     Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),

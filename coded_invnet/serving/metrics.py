@@ -44,6 +44,12 @@ class ServingMetrics:
         self.decode_total = Counter(
             "coded_decode", "Reconstructed (decoded) batches", ("mode",), registry=self.registry
         )
+        self.parity_paths = Counter(
+            "coded_parity_path",
+            "Coding groups by whether their parity path ran (started) or was not needed (skipped)",
+            ("mode", "outcome"),
+            registry=self.registry,
+        )
         self.decode_duration = Histogram(
             "coded_decode_duration_us", "Decode latency, us", ("mode",), buckets=DECODE_BUCKETS_US,
             registry=self.registry,
@@ -64,6 +70,9 @@ class ServingMetrics:
     def record_decode(self, mode: str, duration_us: float) -> None:
         self.decode_total.labels(mode).inc()
         self.decode_duration.labels(mode).observe(duration_us)
+
+    def record_parity_path(self, mode: str, started: bool) -> None:
+        self.parity_paths.labels(mode, "started" if started else "skipped").inc()
 
     def serve(self, port: int, host: str = "0.0.0.0") -> int:
         """Start the /metrics HTTP endpoint in a daemon thread; returns the bound port (port 0: any free)."""

@@ -110,6 +110,7 @@ class Batcher:
         self._group_ids = itertools.count()
         self._loop_task: asyncio.Task[None] | None = None
         self._padding: WorkerOutput | None = None
+        self.parity_delay = ParityDelay(cfg)
         self.on_group: Callable[[GroupReport], None] | None = None  # metrics hook
 
     async def learn_padding(self, image_shape: tuple[int, ...]) -> None:
@@ -208,15 +209,58 @@ class Batcher:
 
     async def _run_group(self, queries: list[_Query]) -> None:
         group_id = next(self._group_ids)
-        group = _Group(self._cfg, self._backends, group_id, queries, self._padding, self._clock)
+        group = _Group(
+            self._cfg,
+            self._backends,
+            group_id,
+            queries,
+            self._padding,
+            self._clock,
+            self.parity_delay.seconds,
+        )
         try:
             await group.run()
         except Exception as exc:  # a bug must not leave clients hanging
             group.fail_unanswered(Unavailable(f"coding group failed: {exc!r}"))
         finally:
             group.cancel_all()
+        report = group.report()
+        if report.clean_seconds is not None:
+            self.parity_delay.observe(report.clean_seconds)
         if self.on_group is not None:
-            self.on_group(group.report())
+            self.on_group(report)
+
+
+class ParityDelay:
+    """How long after dispatch a group's parity path starts, unless a batch fails first.
+
+    `parity_delay_ms`, or with `parity_delay_quantile` q > 0 the later of that and the q-quantile of how
+    long recent groups answered entirely by their data workers took. This is the hedged request of
+    "The Tail at Scale" (hedge at about the p90), with the parity as the hedge: a group answered by then
+    needs no parity work at all, and a late one gets it while its straggler is still out. On cores the
+    parity path shares with the data path, this keeps coding from slowing the healthy groups down. Until
+    enough groups were seen, `parity_delay_ms` alone applies (0: at once).
+    """
+
+    WINDOW = 256  # recent groups the quantile is taken over
+    REFRESH = 16  # groups between two estimates
+    MIN_GROUPS = 32
+
+    def __init__(self, cfg: ServingConfig) -> None:
+        self.floor_s = cfg.parity_delay_ms / 1000
+        self.quantile = cfg.parity_delay_quantile
+        self.seconds = self.floor_s
+        self._recent: deque[float] = deque(maxlen=self.WINDOW)
+        self._unseen = 0
+
+    def observe(self, clean_seconds: float) -> None:
+        if self.quantile <= 0:
+            return
+        self._recent.append(clean_seconds)
+        self._unseen += 1
+        if self._unseen >= self.REFRESH and len(self._recent) >= self.MIN_GROUPS:
+            self._unseen = 0
+            self.seconds = max(self.floor_s, float(np.quantile(self._recent, self.quantile)))
 
 
 @dataclass
@@ -229,6 +273,8 @@ class GroupReport:
     resent_batches: int
     failed_batches: int
     decode_seconds: float
+    parity_started: bool = False  # the parity path ran (or was running) for this group
+    clean_seconds: float | None = None  # dispatch → all answered, for groups answered by data workers only
 
 
 class _Group:
@@ -242,8 +288,10 @@ class _Group:
         queries: Sequence[_Query],
         padding: WorkerOutput | None,
         clock: Callable[[], float],
+        parity_delay_s: float = 0.0,
     ) -> None:
         self._cfg, self._backends, self._id, self._clock = cfg, backends, group_id, clock
+        self._parity_delay_s = parity_delay_s
         self._dispatched = clock()
         self._k = k = cfg.k
         self._images = np.zeros((k, math.ceil(len(queries) / k), *queries[0].image.shape), dtype=np.float32)
@@ -311,10 +359,10 @@ class _Group:
         self._spawn(j, self._backends.infer(worker, self._id, j, self._images[j]))
 
     async def _parity_path(self) -> np.ndarray:
-        delay_s = self._cfg.parity_delay_ms / 1000
-        if delay_s > 0:  # a group whose data batches are all in by then needs no parity at all
+        if self._parity_delay_s > 0:  # a group whose data batches are all in by then needs no parity
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._parity_needed.wait(), delay_s)
+                await asyncio.wait_for(self._parity_needed.wait(), self._parity_delay_s)
+        self._report.parity_started = True
         parity_images = await self._backends.encode(
             self._id, np.ascontiguousarray(self._images.swapaxes(0, 1))
         )
@@ -364,6 +412,9 @@ class _Group:
         for task in batch.tasks:
             task.cancel()  # the straggling original, a re-send or a decode no longer needed
         if all(b.answered for b in self._batches):
+            report = self._report
+            if not (report.reconstructed_batches or report.resent_batches or report.failed_batches):
+                report.clean_seconds = self._clock() - self._dispatched
             self.cancel_all()  # the parity is no longer needed
 
     def _recover(self, stragglers_due: bool) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import grpc
 
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
-from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
 from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.metrics import ServingMetrics
@@ -66,6 +66,8 @@ class FrontendServer:
         await self.backends.close()
 
     def record_group(self, report: GroupReport) -> None:
+        if self.cfg.mode in DECODABLE_MODES:
+            self.host.metrics.record_parity_path(self.cfg.mode, report.parity_started)
         if report.reconstructed_batches:
             self.host.metrics.record_decode(self.cfg.mode, report.decode_seconds * 1e6)
 
