@@ -11,8 +11,9 @@
    whose parity work for every group shares the cores with the data path.
 2. Throughput: queries/s answered by the coded-invnet system under saturating load (a stream of
    --request-batch images per request, --window requests in flight), against onnxruntime running
-   worker.onnx in this process on batches of the same size (the better of 1 thread and one per core:
-   the cores the whole system shares). Target ratio ≥ 0.5.
+   worker.onnx in this process: the best of 1 thread and one per core (the cores the whole system
+   shares), on batches of the request's size and of the frontend's largest batch (CODED_MAX_BATCH),
+   each the best of 3 passes. Target ratio ≥ 0.5.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import onnxruntime as ort
 from coded_invnet.client import AsyncClient, Client
 from coded_invnet.data import load_dataset
 from coded_invnet.launcher import System, launch
+from coded_invnet.serving.config import ServingConfig
 from loadtest.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
 
@@ -70,17 +72,21 @@ def saturated_qps(system: System, images: np.ndarray, args: argparse.Namespace) 
         return answered / (time.perf_counter() - started)
 
 
-def raw_onnxruntime_qps(model: Path, images: np.ndarray, batch: int, threads: int) -> float:
+def raw_onnxruntime_qps(model: Path, images: np.ndarray, batch: int, threads: int, repeats: int = 3) -> float:
+    """The best of ``repeats`` passes over ``images`` (the raw side gets every benefit of the doubt)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     batches = [images[i : i + batch] for i in range(0, len(images) - batch + 1, batch)]
     for x in batches[:10]:
         session.run(None, {"x": x})
-    started = time.perf_counter()
-    for x in batches:
-        session.run(None, {"x": x})
-    return len(batches) * batch / (time.perf_counter() - started)
+    best = 0.0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for x in batches:
+            session.run(None, {"x": x})
+        best = max(best, len(batches) * batch / (time.perf_counter() - started))
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=10, help="alternating slices of the overhead phase")
     parser.add_argument("--request-batch", type=int, default=8, help="images per request, throughput phase")
-    parser.add_argument("--window", type=int, default=64, help="requests in flight, throughput phase")
+    parser.add_argument("--window", type=int, default=256, help="requests in flight, throughput phase")
     parser.add_argument("--queries", type=int, default=10_000, help="queries in the throughput phase")
     parser.add_argument("--timeout", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -136,9 +142,13 @@ def main(argv: list[str] | None = None) -> int:
         report["throughput_qps"] = round(saturated_qps(systems["coded-invnet"], test.images, args), 1)
     model = Path(args.model_dir, "worker.onnx")
     # the better of one thread and one per core: onnxruntime's best on these cores
-    raw = max(
-        raw_onnxruntime_qps(model, test.images, args.request_batch, t) for t in {1, os.cpu_count() or 1}
-    )
+    raw_by_setting = {
+        f"batch {batch}, {threads} thread(s)": raw_onnxruntime_qps(model, test.images, batch, threads)
+        for batch in sorted({args.request_batch, ServingConfig().max_batch})
+        for threads in sorted({1, os.cpu_count() or 1})
+    }
+    report["raw_onnxruntime_qps_by_setting"] = {name: round(q, 1) for name, q in raw_by_setting.items()}
+    raw = max(raw_by_setting.values())
     report["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     overhead = report["open_loop_coded-invnet"]["p50_ms"] - report["open_loop_none"]["p50_ms"]
     overhead_eager = report[f"open_loop_{eager}"]["p50_ms"] - report["open_loop_none"]["p50_ms"]

@@ -61,14 +61,17 @@ class ServingConfig:
     parity_worker: str = ""
     encoder: str = ""
     decoder: str = ""
-    max_batch: int = 8
+    max_batch: int = 32
     max_delay_ms: float = 2.0
     straggler_timeout_ms: float = 50.0
     decode_wait_ms: float = 0.0  # once k of the k+1 results are in, wait this long for the last one
     parity_delay_ms: float = 0.0  # 0: the parity path starts with the data batches
     parity_delay_quantile: float = 0.9  # > 0: start it at this quantile of recent groups' latency
     max_queue: int = 4096
-    max_inflight_groups: int = 8
+    # few groups in flight (each worker has a batch computing and one or two queued): under load the
+    # queue then fills bigger batches, which cost workers less per query (measured: 2 groups of up to
+    # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)
+    max_inflight_groups: int = 3
     rpc_timeout_s: float = 10.0
     backend_transport: str = "stream"  # one bidirectional stream per backend, or a unary RPC per batch
 
