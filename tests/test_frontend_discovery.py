@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
+import pytest
+from serving_models import service_config
+
+from coded_invnet.launcher import free_port
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from services.frontend.backends import check_targets, resolve_workers
@@ -31,3 +38,45 @@ def test_coded_modes_need_the_parity_path() -> None:
     check_targets(ServingConfig(service="frontend", mode="none", workers=("a:1", "b:2")))
     with pytest.raises(ConfigError, match="CODED_WORKERS"):
         check_targets(ServingConfig(service="frontend", mode="none"))
+
+
+def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None:
+    """A DNS-named pool is resolved again: when worker 0 comes back at another address (a restarted
+    pod), its slot moves there and the frontend, stuck NOT_SERVING on the dead address, serves."""
+    from coded_invnet.client import AsyncClient
+    from services.frontend.server import build
+    from services.worker.server import create_server as create_worker
+
+    async def scenario() -> None:
+        workers = [await create_worker(service_config("worker", model_dir, mode="none")) for _ in range(2)]
+        (_, port_a), (_, port_b) = workers
+        dead = f"127.0.0.1:{free_port()}"
+        answers = iter([[dead, f"127.0.0.1:{port_b}"]])
+        moved = [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]
+
+        def resolve(targets: Sequence[str], k: int) -> list[str]:
+            assert targets == ("dns:///workers.test:8001",) and k == 2
+            return next(answers, moved)
+
+        cfg = service_config(
+            "frontend", model_dir, mode="none", k=2, workers=("dns:///workers.test:8001",),
+            discovery_interval_s=0.2, rpc_timeout_s=2.0,
+        )  # fmt: skip
+        frontend = build(cfg, resolve)
+        await frontend.start()
+        client = AsyncClient(f"127.0.0.1:{frontend.host.port}", timeout_s=20)
+        try:
+            async with asyncio.timeout(30):
+                while not await client.ready():
+                    await asyncio.sleep(0.1)
+            assert frontend.backends.workers == moved
+            prediction = await client.predict(np.zeros((1, 28, 28), np.float32))
+            assert not prediction.reconstructed
+        finally:
+            await client.close()
+            await frontend.host.server.stop(None)
+            await frontend.close()
+            for server, _ in workers:
+                await server.stop(None)
+
+    asyncio.run(scenario())

@@ -73,6 +73,7 @@ class ServingConfig:
     # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)
     max_inflight_groups: int = 3
     rpc_timeout_s: float = 10.0
+    discovery_interval_s: float = 5.0  # how often a dns:/// worker pool is resolved again
     backend_transport: str = "stream"  # one bidirectional stream per backend, or a unary RPC per batch
 
     def model_path(self) -> Path:
@@ -197,6 +198,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
     Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),
+    Setting(
+        "discovery_interval_s",
+        float,
+        "seconds between two resolutions of a dns:/// worker pool",
+        FRONTEND,
+        check=_positive,
+    ),
     Setting(
         "backend_transport",
         str,

@@ -13,6 +13,7 @@ import asyncio
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -26,6 +27,11 @@ from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 from services.frontend.batcher import WorkerOutput
 
 DNS_SCHEME = "dns:///"
+DESCRIBE_ATTEMPT_S = 1.0
+
+
+def is_dns_target(targets: Sequence[str]) -> bool:
+    return len(targets) == 1 and targets[0].startswith(DNS_SCHEME)
 
 
 def resolve_workers(targets: Sequence[str], k: int) -> list[str]:
@@ -34,7 +40,7 @@ def resolve_workers(targets: Sequence[str], k: int) -> list[str]:
     For Kubernetes, point the DNS name at a headless Service over the worker StatefulSet: its records
     are the pod IPs; sorted, so every frontend replica deals batch j to the same worker.
     """
-    if len(targets) == 1 and targets[0].startswith(DNS_SCHEME):
+    if is_dns_target(targets):
         host, _, port = targets[0].removeprefix(DNS_SCHEME).rpartition(":")
         try:
             infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
@@ -72,33 +78,60 @@ class GrpcBackends:
     """Channels and stubs to every backend; create inside the event loop, `close()` when done."""
 
     def __init__(self, cfg: ServingConfig, workers: Sequence[str]) -> None:
-        def channel(target: str) -> grpc.aio.Channel:
-            return create_channel(
-                target, timeout_s=cfg.rpc_timeout_s, max_message_bytes=cfg.max_message_bytes
-            )
-
         self._cfg = cfg
-        self._channels = [channel(t) for t in workers]
-        self._workers = [coded_pb2_grpc.WorkerStub(c) for c in self._channels]
+        self._channels: dict[str, grpc.aio.Channel] = {}  # by backend ("data worker 3", "encoder", ...)
+        self._routes: dict[str, tuple[Any, Any]] = {}  # backend → (unary method, stream method)
         self._streams: dict[str, BatchStream] = {}
-        self._routes = {
-            f"data worker {i}": (stub.Infer, stub.InferStream) for i, stub in enumerate(self._workers)
-        }
+        self._retiring: set[asyncio.Task[None]] = set()  # closing the channels of moved workers
+        self.workers = list(workers)
+        for i, target in enumerate(workers):
+            self._connect(f"data worker {i}", target, coded_pb2_grpc.WorkerStub, "Infer")
         if cfg.mode in DECODABLE_MODES:
-            parity, encoder, decoder = channel(cfg.parity_worker), channel(cfg.encoder), channel(cfg.decoder)
-            self._channels += [parity, encoder, decoder]
-            parity_stub = coded_pb2_grpc.WorkerStub(parity)
-            encoder_stub = coded_pb2_grpc.EncoderStub(encoder)
-            decoder_stub = coded_pb2_grpc.DecoderStub(decoder)
-            self._routes["parity worker"] = (parity_stub.Infer, parity_stub.InferStream)
-            self._routes["encoder"] = (encoder_stub.Encode, encoder_stub.EncodeStream)
-            self._routes["decoder"] = (decoder_stub.Decode, decoder_stub.DecodeStream)
-        if cfg.backend_transport == "stream":
-            self._streams = {who: BatchStream(stream, who) for who, (_, stream) in self._routes.items()}
+            self._connect("parity worker", cfg.parity_worker, coded_pb2_grpc.WorkerStub, "Infer")
+            self._connect("encoder", cfg.encoder, coded_pb2_grpc.EncoderStub, "Encode")
+            self._connect("decoder", cfg.decoder, coded_pb2_grpc.DecoderStub, "Decode")
+
+    def _connect(self, who: str, target: str, stub_type: Any, method: str) -> None:
+        channel = create_channel(
+            target, timeout_s=self._cfg.rpc_timeout_s, max_message_bytes=self._cfg.max_message_bytes
+        )
+        stub = stub_type(channel)
+        self._channels[who] = channel
+        self._routes[who] = (getattr(stub, method), getattr(stub, method + "Stream"))
+        if self._cfg.backend_transport == "stream":
+            self._streams[who] = BatchStream(self._routes[who][1], who)
+
+    async def replace_workers(self, workers: Sequence[str]) -> None:
+        """Point the data-worker slots whose address changed (a pod restarted with a new IP) at their new
+        address; batches in flight to an old one fail and are recovered like any failure."""
+        assert len(workers) == len(self.workers), "the number of data workers is fixed (k)"
+        for i, (old, new) in enumerate(zip(self.workers, workers, strict=True)):
+            if old == new:
+                continue
+            who = f"data worker {i}"
+            stream, channel = self._streams.pop(who, None), self._channels.pop(who)
+            self._connect(who, new, coded_pb2_grpc.WorkerStub, "Infer")
+            self.workers[i] = new
+            if stream is not None:
+                await stream.close()  # its batches fail with UNAVAILABLE and are recovered
+            # closing the channel now would cancel unary calls on it (a Describe) instead of failing
+            # them: let them reach their deadlines first
+            retire = asyncio.create_task(self._close_later(channel))
+            self._retiring.add(retire)
+            retire.add_done_callback(self._retiring.discard)
+
+    async def _close_later(self, channel: grpc.aio.Channel) -> None:
+        try:
+            await asyncio.sleep(self._cfg.rpc_timeout_s)
+        finally:
+            await channel.close(None)
 
     async def close(self) -> None:
+        for retire in list(self._retiring):
+            retire.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await asyncio.gather(*(s.close() for s in self._streams.values()))
-        await asyncio.gather(*(c.close(None) for c in self._channels))
+        await asyncio.gather(*(c.close(None) for c in self._channels.values()))
 
     async def describe_model(self, wait_s: float) -> ModelSpec:
         """Ask data worker 0 for its model's input and output shapes, waiting (up to wait_s) for it to
@@ -106,9 +139,17 @@ class GrpcBackends:
         give_up_at = asyncio.get_running_loop().time() + wait_s
         while True:
             left = give_up_at - asyncio.get_running_loop().time()
-            description = await self._workers[0].Describe(
-                coded_pb2.DescribeRequest(), timeout=max(left, 0.01), wait_for_ready=True
-            )
+            # short attempts: each one asks the slot's current channel (discovery may have moved it)
+            try:
+                description = await coded_pb2_grpc.WorkerStub(self._channels["data worker 0"]).Describe(
+                    coded_pb2.DescribeRequest(),
+                    timeout=max(min(left, DESCRIBE_ATTEMPT_S), 0.01),
+                    wait_for_ready=True,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if left <= 0:
+                    raise Unavailable(f"data worker 0: {exc.code().name} {exc.details()}") from None
+                continue
             inputs = {t.name: t for t in description.inputs}
             outputs = {t.name: t for t in description.outputs}
             if len(inputs) == 1 and "logits" in outputs:

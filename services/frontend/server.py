@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -20,7 +20,7 @@ from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
 from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.metrics import ServingMetrics
-from services.frontend.backends import GrpcBackends, ModelSpec, check_targets, resolve_workers
+from services.frontend.backends import GrpcBackends, ModelSpec, check_targets, is_dns_target, resolve_workers
 from services.frontend.batcher import Batcher, GroupReport
 from services.frontend.servicer import InferenceServicer
 
@@ -39,10 +39,14 @@ class FrontendServer:
     backends: GrpcBackends
     batcher: Batcher
     spec: ModelSpec | None = None
+    resolve: Callable[[Sequence[str], int], list[str]] = resolve_workers
+    _rediscovery: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.batcher.start()
+        if is_dns_target(self.cfg.workers):
+            self._rediscovery = asyncio.create_task(self._rediscover_forever(), name="rediscovery")
         # the host runs warm-up in a thread; ours is async, so that thread waits on the loop
         await self.host.start(lambda: asyncio.run_coroutine_threadsafe(self._describe(), loop).result())
 
@@ -60,8 +64,24 @@ class FrontendServer:
             log.info("model described", extra={"spec": spec})
             return
 
+    async def _rediscover_forever(self) -> None:
+        """Resolve a DNS-named worker pool again every `discovery_interval_s`: a restarted pod comes
+        back with a new address, which its slot must follow."""
+        while True:
+            await asyncio.sleep(self.cfg.discovery_interval_s)
+            try:
+                found = await asyncio.to_thread(self.resolve, self.cfg.workers, self.cfg.k)
+            except Unavailable as error:
+                log.warning("worker discovery failed; keeping the known workers", extra={"error": str(error)})
+                continue
+            if found != self.backends.workers:
+                log.info("data workers moved", extra={"before": self.backends.workers, "after": found})
+                await self.backends.replace_workers(found)
+
     async def close(self) -> None:
         """After the host stopped: finish in-flight groups, close the backend channels."""
+        if self._rediscovery is not None:
+            self._rediscovery.cancel()
         await self.batcher.stop()
         await self.backends.close()
 
@@ -72,13 +92,16 @@ class FrontendServer:
             self.host.metrics.record_decode(self.cfg.mode, report.decode_seconds * 1e6)
 
 
-def build(cfg: ServingConfig) -> FrontendServer:
-    """Wire the frontend (inside a running event loop); nothing is started yet."""
+def build(
+    cfg: ServingConfig, resolve: Callable[[Sequence[str], int], list[str]] = resolve_workers
+) -> FrontendServer:
+    """Wire the frontend (inside a running event loop); nothing is started yet. `resolve` finds the
+    data workers (CODED_WORKERS → addresses)."""
     check_targets(cfg)
     metrics = ServingMetrics(cfg.model_name)
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
-    backends = GrpcBackends(cfg, resolve_workers(cfg.workers, cfg.k))
-    frontend = FrontendServer(cfg, host, backends, Batcher(cfg, backends))
+    backends = GrpcBackends(cfg, resolve(cfg.workers, cfg.k))
+    frontend = FrontendServer(cfg, host, backends, Batcher(cfg, backends), resolve=resolve)
     frontend.batcher.on_group = frontend.record_group
     servicer = InferenceServicer(
         frontend.batcher, cfg.model_name, cfg.mode, metrics, lambda: frontend.spec, cfg.max_message_bytes
