@@ -139,7 +139,11 @@ def test_lost_parity_path_goes_on_uncoded(broken: str, model_dir: Path, tmp_path
 def test_unary_backend_transport_answers_the_same(model_dir: Path, tmp_path: Path) -> None:
     """The frontend can reach its backends with one unary RPC per batch instead of streams."""
     images = random_images(120)
-    settings = {"backend_transport": "unary", "decode_wait_ms": LENIENT_STRAGGLER_TIMEOUT_MS}
+    settings = {
+        "backend_transport": "unary",
+        "straggler_timeout_ms": LENIENT_STRAGGLER_TIMEOUT_MS,
+        "decode_wait_ms": LENIENT_STRAGGLER_TIMEOUT_MS,
+    }
     with launch(model_dir, "coded-invnet", K, frontend_settings=settings, log_dir=tmp_path) as system:
         results = stream_all(system, images)
         system.workers[1].kill()

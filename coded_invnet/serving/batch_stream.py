@@ -2,7 +2,9 @@
 
 The frontend talks to each backend (data worker, parity worker, encoder, decoder) through one
 `BatchStream`: a call puts its batch on the stream and awaits the result with the same
-(group_id, index). A stream carries no gRPC deadline (it lives for many calls), so each call has its
+(group_id, index). On the wire, group_id is a number unique on the stream (the caller's group id does
+not travel), so that a batch withdrawn and sent again at once can never take the late result of its
+first copy. A stream carries no gRPC deadline (it lives for many calls), so each call has its
 own: past it, or when the caller is cancelled (a straggler withdrawn), a `cancel` message withdraws the
 batch at the server. When the stream breaks (the backend died or restarted), every call waiting on it
 fails with `Unavailable` and the next call opens a new stream.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -70,6 +73,7 @@ class BatchStream:
         self._open_stream = open_stream
         self.who = who
         self._stream: _Stream | None = None
+        self._wire_ids = itertools.count(1)
 
     def _live(self) -> _Stream:
         if self._stream is None or self._stream.broken:
@@ -80,14 +84,13 @@ class BatchStream:
         """Send ``batch`` and return its result; raise Unavailable on a stream failure or past
         ``timeout_s``. Cancelling the caller withdraws the batch at the server too."""
         stream = self._live()
-        key = (batch.group_id, batch.index)
-        if key in stream.pending:
-            raise Unavailable(f"{self.who}: batch {key} is already in flight on this stream")
+        wire = coded_pb2.Batch(group_id=next(self._wire_ids), index=batch.index, tensors=batch.tensors)
+        key = (wire.group_id, wire.index)
         future: asyncio.Future[coded_pb2.BatchResult] = asyncio.get_running_loop().create_future()
         stream.pending[key] = future
-        stream.outbox.put_nowait(batch)
+        stream.outbox.put_nowait(wire)
         try:
-            return await asyncio.wait_for(future, timeout_s)
+            result = await asyncio.wait_for(future, timeout_s)
         except TimeoutError:
             raise Unavailable(f"{self.who}: no result within {timeout_s:g} s") from None
         finally:
@@ -95,8 +98,10 @@ class BatchStream:
                 del stream.pending[key]
                 if not stream.broken:
                     stream.outbox.put_nowait(
-                        coded_pb2.Batch(group_id=batch.group_id, index=batch.index, cancel=True)
+                        coded_pb2.Batch(group_id=wire.group_id, index=wire.index, cancel=True)
                     )
+        result.group_id = batch.group_id
+        return result
 
     async def close(self) -> None:
         if self._stream is not None:
