@@ -4,12 +4,14 @@ server: multiplexing, per-batch deadlines with in-stream cancellation, and reope
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from serving_models import batch, images, outputs, service_config, wait_serving
+from serving_models import batch, images, outputs, running, service_config, wait_serving
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.batch_stream import BatchStream
@@ -17,16 +19,24 @@ from coded_invnet.serving.errors import Unavailable
 from services.worker.server import create_server
 
 
+@asynccontextmanager
+async def worker_stream(model_dir: Path) -> AsyncIterator[tuple[coded_pb2_grpc.WorkerStub, BatchStream]]:
+    """A SERVING in-process worker, its stub, and a BatchStream to it; all closed on exit."""
+    async with running(create_server, service_config("worker", model_dir)) as channel:
+        stub = coded_pb2_grpc.WorkerStub(channel)
+        stream = BatchStream(stub.InferStream, "worker")
+        try:
+            yield stub, stream
+        finally:
+            await stream.close()
+
+
 def test_many_batches_share_one_stream_and_each_gets_its_own_result(model_dir: Path) -> None:
     x = images(12)
 
     async def scenario() -> None:
-        server, port = await create_server(service_config("worker", model_dir))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        stream = BatchStream(coded_pb2_grpc.WorkerStub(channel).InferStream, "worker")
-        try:
-            await wait_serving(channel)
-            expected = outputs(await coded_pb2_grpc.WorkerStub(channel).Infer(batch(0, 0, x=x), timeout=10))
+        async with worker_stream(model_dir) as (stub, stream):
+            expected = outputs(await stub.Infer(batch(0, 0, x=x), timeout=10))
             results = await asyncio.gather(
                 *(
                     stream.call(batch(g, i, x=x[4 * g + i : 4 * g + i + 1]), 10.0)
@@ -41,22 +51,13 @@ def test_many_batches_share_one_stream_and_each_gets_its_own_result(model_dir: P
                 stream.call(batch(9, 0, x=x), 10.0), stream.call(batch(9, 0, x=x), 10.0)
             )
             assert [(r.group_id, r.index) for r in twice] == [(9, 0), (9, 0)]  # one key twice at once
-        finally:
-            await stream.close()
-            await channel.close()
-            await server.stop(None)
 
     asyncio.run(scenario())
 
 
 def test_a_late_batch_times_out_and_is_withdrawn_while_the_stream_goes_on(model_dir: Path) -> None:
     async def scenario() -> None:
-        server, port = await create_server(service_config("worker", model_dir))
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        stub = coded_pb2_grpc.WorkerStub(channel)
-        stream = BatchStream(stub.InferStream, "worker")
-        try:
-            await wait_serving(channel)
+        async with worker_stream(model_dir) as (stub, stream):
             slow = coded_pb2.FaultConfig(delay_kind=coded_pb2.DELAY_FIXED, delay_ms=5000)
             await stub.SetFaults(slow, timeout=5)
             with pytest.raises(Unavailable, match="no result within"):
@@ -64,10 +65,6 @@ def test_a_late_batch_times_out_and_is_withdrawn_while_the_stream_goes_on(model_
             await stub.SetFaults(coded_pb2.FaultConfig(), timeout=5)
             result = await stream.call(batch(1, 0, x=images(1)), 10.0)  # the same key again: withdrawn
             assert "logits" in outputs(result)
-        finally:
-            await stream.close()
-            await channel.close()
-            await server.stop(None)
 
     asyncio.run(scenario())
 

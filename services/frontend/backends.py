@@ -149,6 +149,7 @@ class GrpcBackends:
             except grpc.aio.AioRpcError as exc:
                 if left <= 0:
                     raise Unavailable(f"data worker 0: {exc.code().name} {exc.details()}") from None
+                await asyncio.sleep(0.05)  # an error that comes at once must not make this loop spin
                 continue
             inputs = {t.name: t for t in description.inputs}
             outputs = {t.name: t for t in description.outputs}

@@ -331,9 +331,8 @@ class _Group:
         straggler_at = self._clock() + self._cfg.straggler_timeout_ms / 1000
         stragglers_due = False
         while self._pending and not all(b.answered for b in self._batches):
-            wake_at = [t for t in (straggler_at, self._decode_due_at()) if t is not None]
-            if stragglers_due:
-                wake_at.remove(straggler_at)
+            due = None if stragglers_due else straggler_at
+            wake_at = [t for t in (due, self._decode_due_at()) if t is not None]
             timeout = max(0.0, min(wake_at) - self._clock()) if wake_at else None
             done, _ = await asyncio.wait(self._pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not stragglers_due and self._clock() >= straggler_at:
@@ -424,7 +423,8 @@ class _Group:
         for j, batch in enumerate(self._batches):
             if batch.answered or self._decoding == j:
                 continue
-            if self._decodable(j) and self._parity is not None and self._decoding is None:
+            decodable = self._decodable(j)
+            if decodable and self._parity is not None and self._decoding is None:
                 # k of the k+1 results are in: decode now (after decode_wait_ms, if set, for a batch
                 # still computing; at once for one that failed)
                 if self._decodable_since is None:
@@ -433,7 +433,7 @@ class _Group:
                 if not batch.inferring or stragglers_due or (due_at is not None and self._clock() >= due_at):
                     self._decode(j)
                 continue
-            if (batch.inferring and not stragglers_due) or self._decodable(j):
+            if (batch.inferring and not stragglers_due) or decodable:
                 continue  # not late yet, or the parity (or the decode slot) is on its way
             if batch.inferring:
                 # hedge a slow batch once, and only when it alone is late: several late batches mean
