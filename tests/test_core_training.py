@@ -164,6 +164,33 @@ def test_coding_aware_fine_tuning_runs(smoke_models: Path, tmp_path: Path) -> No
     assert ckpt["coding_aware"] == 1.0 and ckpt["base"] == "classifier.pt"
 
 
+def test_weight_average_follows_the_model_and_swaps_back() -> None:
+    model = torch.nn.Linear(2, 1)
+    average = train.WeightAverage(model, decay=0.5)
+    start = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    for _ in range(200):  # the average converges to weights that stay put
+        average.update(model)
+    live = model.weight.detach().clone()
+    assert torch.allclose(average.shadow["weight"], live, atol=1e-5)
+    with torch.no_grad():
+        model.weight.copy_(start)
+    with average.swapped_in(model):
+        assert torch.allclose(model.weight, live, atol=1e-5), "inside: the average"
+    assert torch.equal(model.weight.detach(), start), "after: the live weights again"
+
+
+def test_jointly_coding_aware_base_records_its_weight(tmp_path: Path) -> None:
+    args = ["base", "--dataset", "mnist", "--epochs", "1", "--train-limit", "128", "--batch-size", "64"]
+    args += ["--coding-aware", "0.5", "--mixup-share", "0.5", "--shift", "1"]
+    args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
+    assert train.main(args) == 0
+    ckpt = load_checkpoint(tmp_path / "m" / "mnist" / "classifier.pt", "classifier")
+    assert ckpt["coding_aware"] == 0.5 and ckpt["mixup"] == 0.5 and tuple(ckpt["augment"]) == (1, False)
+    assert 0.0 < ckpt["val_score"] <= 1.0
+
+
 def test_plan_builds_every_model_on_an_earlier_one() -> None:
     jobs = train.plan(("mnist", "fashion-mnist"), ablations=True)
     made: set[tuple[str, str]] = set()
@@ -173,3 +200,8 @@ def test_plan_builds_every_model_on_an_earlier_one() -> None:
         made.add((job.dataset, job.name))
     names = {name for _, name in made}
     assert {"classifier", "encoder_k10", "parm_k10", "encoder_gan_k2", "classifier_nomixup"} <= names
+    classifiers = {(job.dataset, job.name): job for job in jobs if job.kind == "base"}
+    for ds in ("mnist", "fashion-mnist"):  # an ablation differs from the main model in mixup alone
+        main, ablation = classifiers[(ds, "classifier")], classifiers[(ds, "classifier_nomixup")]
+        assert main.coding_aware == ablation.coding_aware == train.DATASET_CODING_AWARE.get(ds, 0.0)
+        assert main.mixup and not ablation.mixup
