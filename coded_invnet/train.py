@@ -16,7 +16,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -46,8 +46,7 @@ SMALL_K_EPOCH_SCALE = 0.2  # k <= 4 converges within a few epochs (both F_k and 
 # shipped classifier is trained coding-aware from the start with this weight β (train_base). Fine-tuning
 # a finished base instead (train_coding_aware, session 2) cost 0.5-0.8 points of accuracy at any β or lr.
 DATASET_CODING_AWARE = {"mnist": 0.5}
-DEFAULT_COEFF = 0.9  # spectral-norm coefficient of every conv in g
-DATASET_COEFF: dict[str, float] = {}  # the shipped models' choice where it differs from the default
+DEFAULT_COEFF = 0.9  # spectral-norm coefficient of every conv in g (both data sets)
 # Training-time augmentation of the classifier (never of encoders: they learn the exact parity target).
 # On Fashion-MNIST, shifts and flips slowed training down (val 0.854 against 0.889 after 6 epochs).
 DATASET_AUGMENT = {"mnist": (2, False)}  # (max shift, horizontal flip)
@@ -100,23 +99,15 @@ class WeightAverage:
             else:
                 self.shadow[key].copy_(value)
 
-    def swapped_in(self, model: nn.Module) -> _Swap:
-        return _Swap(model, self.shadow)
-
-
-class _Swap:
-    """Context manager: ``model`` holds ``state`` inside the block and its own weights again after it."""
-
-    def __init__(self, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-        self.model, self.state = model, state
-        self.live: dict[str, torch.Tensor] = {}
-
-    def __enter__(self) -> None:
-        self.live = {key: value.detach().clone() for key, value in self.model.state_dict().items()}
-        self.model.load_state_dict(self.state)
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.load_state_dict(self.live)
+    @contextlib.contextmanager
+    def swapped_in(self, model: nn.Module) -> Iterator[None]:
+        """``model`` holds the average inside the block and its own weights again after it."""
+        live = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        model.load_state_dict(self.shadow)
+        try:
+            yield
+        finally:
+            model.load_state_dict(live)
 
 
 def _epoch_loop(
@@ -182,7 +173,9 @@ def _epoch_loop(
         model.eval()
         with average.swapped_in(model) if average else contextlib.nullcontext():
             score = validate()
-            validated = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if score > best_score:
+                best_score = score
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         history.append(
             {"epoch": epoch + 1, "loss": float(np.mean(losses)), "val": score, "s": time.time() - t0}
         )
@@ -190,8 +183,6 @@ def _epoch_loop(
             f"[{name}] epoch {epoch + 1}: loss {np.mean(losses):.4f} val {score:.4f} "
             f"({time.time() - t0:.0f}s)"
         )
-        if score > best_score:
-            best_score, best_state = score, validated
         save_checkpoint_state = {
             "model": model.state_dict(),
             "opt": opt.state_dict(),
@@ -295,11 +286,17 @@ def classification_loss(
     return lam * F.cross_entropy(logits, y) + (1 - lam) * F.cross_entropy(logits, y[perm]), None
 
 
+def mixup_share_for(dataset: str, mixup: bool) -> float:
+    """Share of Manifold Mixup batches of a classifier of ``dataset`` (0 for the no-mixup ablation)."""
+    return DATASET_MIXUP_SHARE.get(dataset, 1.0) if mixup else 0.0
+
+
 def pixel_mean_decoding_loss(
-    model: InvNetClassifier, x: torch.Tensor, z: torch.Tensor, y: torch.Tensor, k: int
+    model: InvNetClassifier, x: torch.Tensor, z: torch.Tensor | None, y: torch.Tensor, k: int
 ) -> torch.Tensor:
     """Cross-entropy of h(ẑ_j), ẑ_j decoded from the pixel-mean parity of groups of k consecutive rows of
-    the batch (x, its latents z, labels y), every member missing in turn."""
+    the batch (x, labels y; z: its latents when a clean pass computed them), every member missing in turn."""
+    z = model.g(x) if z is None else z
     n = (len(x) // k) * k
     members = z[:n].unflatten(0, (-1, k)).transpose(0, 1)  # (k, G, D)
     decoded = coding.decode_all(model.g(x[:n].unflatten(0, (-1, k)).mean(1)), members)  # (k, G, D)
@@ -329,11 +326,10 @@ def train_base(
     cfg: RunConfig,
     data: Dataset,
     spec: ClassifierSpec,
-    mixup: bool,
+    mixup_share: float,
     name: str,
     augment: tuple[int, bool] | None = None,
     coding_aware: float = 0.0,
-    mixup_share: float | None = None,
 ) -> Path:
     """Train g + h from scratch. With ``coding_aware`` = β > 0, the loss also has β·pixel_mean_decoding_loss
     (k drawn from KS per batch, β ramped up over the first two epochs), so that g learns decodable
@@ -346,17 +342,12 @@ def train_base(
     if augment is None:
         augment = DATASET_AUGMENT.get(cfg.dataset, (0, False))
     batches = ShuffledBatches(x_train, y_train, cfg.batch_size, augment)
-    if mixup_share is None:
-        mixup_share = DATASET_MIXUP_SHARE.get(cfg.dataset, 1.0)
-    if not mixup:
-        mixup_share = 0.0
 
     def step(epoch: int, i: int) -> torch.Tensor:
         x, y = batches(i)
         loss, z = classification_loss(model, x, y, mixup_share, rng)
         if coding_aware > 0:
             ramp = min(1.0, (epoch * batches.steps + i) / (2 * batches.steps))
-            z = model.g(x) if z is None else z
             loss = loss + coding_aware * ramp * pixel_mean_decoding_loss(model, x, z, y, int(rng.choice(KS)))
         return loss
 
@@ -396,12 +387,11 @@ def train_coding_aware(
     x_train, y_train = _tensor(_train_split(data, cfg), cfg.device)
     x_val, y_val = _tensor(_val_split(data, cfg), cfg.device)
     batches = ShuffledBatches(x_train, y_train, cfg.batch_size, DATASET_AUGMENT.get(cfg.dataset, (0, False)))
-    mixup_share = DATASET_MIXUP_SHARE.get(cfg.dataset, 1.0) if mixup else 0.0
+    mixup_share = mixup_share_for(cfg.dataset, mixup)
 
     def step(epoch: int, i: int) -> torch.Tensor:
         x, y = batches(i)
         class_loss, z = classification_loss(model, x, y, mixup_share, rng)
-        z = model.g(x) if z is None else z
         return class_loss + beta * pixel_mean_decoding_loss(model, x, z, y, int(rng.choice(KS)))
 
     validate = coding_validation(model, x_val, y_val, cfg.seed)
@@ -636,9 +626,10 @@ def run_job(cfg: RunConfig, job: Job, data: Dataset, coeff: float | None = None)
     )
     base = c.models_dir / job.dataset / f"{job.base}.pt"
     if job.kind == "base":
-        chosen = coeff if coeff is not None else DATASET_COEFF.get(job.dataset, DEFAULT_COEFF)
+        chosen = coeff if coeff is not None else DEFAULT_COEFF
         spec = base_spec(job.dataset, chosen)
-        return train_base(c, data, spec, job.mixup, job.name, coding_aware=job.coding_aware)
+        mixup_share = mixup_share_for(job.dataset, job.mixup)
+        return train_base(c, data, spec, mixup_share, job.name, coding_aware=job.coding_aware)
     if job.kind == "encoder":
         return train_encoder(c, data, base, job.k, job.loss, job.name)
     return train_parm(c, data, base, job.k, job.name)
@@ -694,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="output file stem (default from the job)")
     parser.add_argument("--base", help="base classifier checkpoint (default models/<dataset>/classifier.pt)")
     parser.add_argument(
-        "--coeff", type=float, default=None, help="spectral-norm coefficient of g (default per data set)"
+        "--coeff", type=float, default=None, help=f"spectral-norm coefficient of g (default {DEFAULT_COEFF})"
     )
     parser.add_argument(
         "--hidden", default=",".join(map(str, DEFAULT_HIDDEN)), help="g's branch widths, e.g. 64,128"
@@ -744,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
             name = args.name or ("classifier_nomixup" if args.no_mixup else "classifier")
             hidden = tuple(int(v) for v in args.hidden.split(","))
             assert len(hidden) == 2, "--hidden takes two widths"
-            coeff = args.coeff if args.coeff is not None else DATASET_COEFF.get(args.dataset, DEFAULT_COEFF)
+            coeff = args.coeff if args.coeff is not None else DEFAULT_COEFF
             spec = base_spec(args.dataset, coeff, (hidden[0], hidden[1]), args.head_hidden)
             augment = DATASET_AUGMENT.get(args.dataset, (0, False))
             if args.shift is not None or args.flip:
@@ -754,7 +745,10 @@ def main(argv: list[str] | None = None) -> int:
                 if args.coding_aware is None
                 else args.coding_aware
             )
-            train_base(cfg, data, spec, not args.no_mixup, name, augment, beta, args.mixup_share)
+            mixup_share = mixup_share_for(args.dataset, not args.no_mixup)
+            if args.mixup_share is not None and not args.no_mixup:
+                mixup_share = args.mixup_share
+            train_base(cfg, data, spec, mixup_share, name, augment, beta)
         elif args.what == "coding-aware":
             name = args.name or ("classifier_nomixup" if args.no_mixup else "classifier")
             train_coding_aware(cfg, data, base, name, mixup=not args.no_mixup)
