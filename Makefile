@@ -59,19 +59,19 @@ train: setup
 	$(PY) -m coded_invnet.train all
 
 eval: setup
-	$(PY) -m coded_invnet.evaluate --out results/accuracy.json
+	$(PY) -m coded_invnet.tools.evaluate --out results/accuracy.json
 
 export: setup
-	$(PY) -m coded_invnet.export all
+	$(PY) -m coded_invnet.tools.export all
 
 demo: setup
-	$(PY) -m coded_invnet.demo
+	$(PY) -m coded_invnet.tools.demo
 
 chaos: setup
-	$(PY) -m coded_invnet.chaos --duration 60 --out results/chaos.json
+	$(PY) -m coded_invnet.tools.chaos --duration 60 --out results/chaos.json
 
 bench: setup
-	$(PY) -m coded_invnet.bench --out results/latency.json
+	$(PY) -m coded_invnet.tools.bench --out results/latency.json
 
 clean:
 	rm -rf $(VENV) $(STAMP) .pytest_cache .mypy_cache .ruff_cache

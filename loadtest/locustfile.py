@@ -119,7 +119,7 @@ def set_worker_faults(target: str, faults: coded_pb2.FaultConfig) -> None:
 
 
 def kill_workers_periodically(options: Any) -> None:
-    from coded_invnet.chaos import cluster_pod_killer
+    from coded_invnet.tools.chaos import cluster_pod_killer
 
     pod_killer = cluster_pod_killer(options.namespace)
     pids = [int(pid) for pid in options.kill_pids.split(",") if pid]

@@ -9,7 +9,7 @@ import pytest
 from frontend_helpers import LENIENT_STRAGGLER_TIMEOUT_MS, SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE
 from serving_models import K, model_dir_for
 
-from coded_invnet.launcher import System, launch
+from coded_invnet.tools.launcher import System, launch
 
 
 @pytest.fixture(scope="session")
@@ -37,7 +37,7 @@ def coded_system(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 def smoke_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real training run (MNIST subset): base classifier, encoder and ParM for k=2, exported."""
     from coded_invnet import train
-    from coded_invnet.export import export_dataset
+    from coded_invnet.tools.export import export_dataset
 
     root = tmp_path_factory.mktemp("smoke")
     common = ["--dataset", "mnist", "--epochs", "1", "--train-limit", "512", "--batch-size", "64"]

@@ -1,4 +1,4 @@
-"""A seconds-long `coded_invnet.bench` run writes records with the issue's keys, the command and a plot."""
+"""A seconds-long `coded_invnet.tools.bench` run writes records with the issue's keys, the command, a plot."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from serving_models import K
 
-from coded_invnet import bench
+from coded_invnet.tools import bench
 
 RECORD_KEYS = {"mode", "k", "fault", "p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy",
                "reconstructed_fraction", "extra_compute"}  # fmt: skip
@@ -29,6 +29,6 @@ def test_short_bench_writes_records_meta_and_plot(model_dir: Path, tmp_path: Pat
         assert record["lost"] == 0 and record["k"] == K
     assert records[1]["reconstructed_fraction"] > 0  # the killed worker's batches were decoded
     assert json.loads(out.with_suffix(".meta.json").read_text())["command"].startswith(
-        "python -m coded_invnet.bench"
+        "python -m coded_invnet.tools.bench"
     )
     assert out.with_suffix(".png").stat().st_size > 0

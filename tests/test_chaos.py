@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from serving_models import K
 
-from coded_invnet import chaos
+from coded_invnet.tools import chaos
 
 
 def test_local_chaos_run_loses_no_query(

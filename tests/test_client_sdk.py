@@ -11,7 +11,7 @@ import pytest
 from frontend_helpers import random_images, reference_logits
 
 from coded_invnet.client import AsyncClient, Client, Prediction
-from coded_invnet.launcher import System
+from coded_invnet.tools.launcher import System
 
 
 def check(predictions: list[Prediction], expected_logits: np.ndarray) -> None:

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from coded_invnet import coding
 from coded_invnet.checkpoint import load_classifier
 from coded_invnet.data import load_dataset
-from coded_invnet.export import export_dataset, load_encoder, load_parm
 from coded_invnet.flops import count_macs
 from coded_invnet.models.classifier import ClassifierSpec, InvNetClassifier
 from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
 from coded_invnet.models.invresnet import InvertibleResNet, ResidualBlock, SpectralConv2d
+from coded_invnet.tools.export import export_dataset, load_encoder, load_parm
 
 SHIPPED = Path(__file__).resolve().parent.parent / "models" / "mnist"
 

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from coded_invnet import evaluate, train
+from coded_invnet import train
 from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier
 from coded_invnet.data import DataError, load_dataset, read_idx
+from coded_invnet.tools import evaluate
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -141,7 +141,7 @@ def test_serving_requirements_are_pinned_consistently() -> None:
         "services.encoder.server",
         "services.decoder.server",
         "services.frontend.server",
-        "coded_invnet.chaos",
+        "coded_invnet.tools.chaos",
     ],
 )
 def test_image_modules_import_without_training_packages(module: str) -> None:

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_models import TRAINED_DIR, K
 
 from coded_invnet.client import Client, StreamResult
-from coded_invnet.launcher import System, launch
+from coded_invnet.tools.launcher import System, launch
 
 STRAGGLER_TIMEOUT_MS = 100.0
 

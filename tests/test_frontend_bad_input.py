@@ -12,8 +12,8 @@ import pytest
 from frontend_helpers import MODEL_NAME, SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE, random_images
 
 from coded_invnet.client import Client, StreamResult
-from coded_invnet.launcher import System
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
+from coded_invnet.tools.launcher import System
 
 StatusCode = grpc.StatusCode
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from serving_models import service_config
 
-from coded_invnet.launcher import free_port
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
+from coded_invnet.tools.launcher import free_port
 from services.frontend.backends import check_targets, resolve_workers
 
 

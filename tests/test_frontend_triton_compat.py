@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from frontend_helpers import MODEL_NAME, random_images, reference_logits
 
-from coded_invnet.launcher import System
+from coded_invnet.tools.launcher import System
 
 PROBE = r"""
 import json, queue, sys

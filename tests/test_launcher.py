@@ -12,7 +12,7 @@ import pytest
 from frontend_helpers import random_images
 
 from coded_invnet.client import Client
-from coded_invnet.launcher import LaunchError, launch
+from coded_invnet.tools.launcher import LaunchError, launch
 
 
 def test_launch_serves_restarts_and_stops_everything(model_dir: Path, tmp_path: Path) -> None:
@@ -40,7 +40,15 @@ def test_launch_reports_a_service_that_cannot_start(tmp_path: Path) -> None:
 
 
 def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(model_dir: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "coded_invnet.launcher", "--model-dir", str(model_dir), "--mode", "none"]
+    command = [
+        sys.executable,
+        "-m",
+        "coded_invnet.tools.launcher",
+        "--model-dir",
+        str(model_dir),
+        "--mode",
+        "none",
+    ]
     launcher = subprocess.Popen(
         [*command, "--k", "2", "--log-dir", str(tmp_path)], stdout=subprocess.PIPE, text=True
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from serving_models import K
 
-from coded_invnet.launcher import System, launch
+from coded_invnet.tools.launcher import System, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 

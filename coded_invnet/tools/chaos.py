@@ -5,7 +5,7 @@ Kubernetes API and loads the frontend at --target; otherwise it launches the sys
 worker processes, restarting each (as Kubernetes would reschedule the pod). It reports sent, answered,
 lost (must be 0), killed, reconstructed and reconstructed_accuracy, and writes them with the command:
 
-    python -m coded_invnet.chaos --duration 60 --out results/chaos.json
+    python -m coded_invnet.tools.chaos --duration 60 --out results/chaos.json
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from coded_invnet.client import AsyncClient
 from coded_invnet.data import load_dataset
-from loadtest.openloop import poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.openloop import poisson_schedule, run_open_loop, summarize
 
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
 
@@ -100,7 +100,7 @@ def cluster_pod_killer(namespace: str, slots: int | None = None) -> PodKiller | 
 class LauncherKiller:
     """SIGKILLs a local worker process, then starts it again on the same ports, as a replaced pod would be."""
 
-    def __init__(self, system: Any) -> None:  # coded_invnet.launcher.System
+    def __init__(self, system: Any) -> None:  # coded_invnet.tools.launcher.System
         self._system = system
         self.slots = len(system.workers)
         self._restarts: list[asyncio.Task[None]] = []
@@ -145,7 +145,7 @@ async def run_chaos(
 
 
 async def run_local(args: argparse.Namespace, plan: ChaosPlan) -> dict[str, Any]:
-    from coded_invnet.launcher import launch
+    from coded_invnet.tools.launcher import launch
 
     with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
         killer = LauncherKiller(system)
@@ -155,7 +155,9 @@ async def run_local(args: argparse.Namespace, plan: ChaosPlan) -> dict[str, Any]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m coded_invnet.chaos", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m coded_invnet.tools.chaos", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--kill-every", type=float, default=10.0, help="seconds between worker kills")
     parser.add_argument("--rate", type=float, default=40.0, help="mean queries per second (Poisson)")
@@ -183,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         report = asyncio.run(run_local(args, plan))
         report["where"] = f"local launcher, mode {args.mode}, k={args.k}"
     arguments = sys.argv[1:] if argv is None else list(argv)
-    report["command"] = shlex.join(["python", "-m", "coded_invnet.chaos", *arguments])
+    report["command"] = shlex.join(["python", "-m", "coded_invnet.tools.chaos", *arguments])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

@@ -1,8 +1,8 @@
 """`make demo`: serve MNIST with Coded-InvNet (k=10), SIGKILL a data worker midway, report what happened.
 
-    python -m coded_invnet.demo [--model-dir models/mnist] [--k 10] [--limit 10000]
+    python -m coded_invnet.tools.demo [--model-dir models/mnist] [--k 10] [--limit 10000]
 
-Starts the system locally (coded_invnet.launcher), streams the MNIST test set through the client SDK
+Starts the system locally (coded_invnet.tools.launcher), streams the MNIST test set through the client SDK
 (one query per request, a bounded window in flight), SIGKILLs data worker `--victim` once `--kill-at` of
 the queries are answered, then prints and writes (results/demo.json) sent / answered / lost /
 reconstructed counts, accuracy overall and of the reconstructed answers, and latency percentiles.
@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from coded_invnet.client import Client, StreamResult
 from coded_invnet.data import load_dataset
-from coded_invnet.launcher import launch
-from loadtest.openloop import Outcome, summarize
+from coded_invnet.tools.launcher import launch
+from coded_invnet.tools.openloop import Outcome, summarize
 
 
 def outcome(result: StreamResult, label: int) -> Outcome:
@@ -51,7 +51,9 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coded_invnet.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m coded_invnet.tools.demo", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--model-dir", default="models/mnist")
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--mode", default="coded-invnet")
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             "mode": args.mode,
             "k": args.k,
             "killed": victim.name,
-            "command": "python -m coded_invnet.demo " + shlex.join(sys.argv[1:] if argv is None else argv),
+            "command": "python -m coded_invnet.tools.demo "
+            + shlex.join(sys.argv[1:] if argv is None else argv),
         }
     )
     print_table(report)

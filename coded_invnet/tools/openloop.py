@@ -3,7 +3,8 @@
 Closed-loop tools (Locust) slow down when the server does, hiding the tail (coordinated omission) and round
 percentiles; here each request's latency runs from its *scheduled* start, so a stall shows up in full.
 
-    python -m loadtest.openloop --target localhost:8001 --rate 100 --duration 30 --out results/openloop.csv
+    python -m coded_invnet.tools.openloop --target localhost:8001 --rate 100 --duration 30 \
+        --out results/openloop.csv
 """
 
 from __future__ import annotations
@@ -119,7 +120,9 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loadtest.openloop", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m coded_invnet.tools.openloop", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--target", default="localhost:8001", help="frontend host:port")
     parser.add_argument("--model", default="mnist", help="model name on the frontend")
     parser.add_argument("--dataset", default="mnist")

@@ -1,6 +1,6 @@
 """Serving benchmark: the cost of coding without faults, and end-to-end throughput against raw onnxruntime.
 
-    python -m coded_invnet.bench_serving [--model-dir models/mnist] [--k 10] --out results/serving.json
+    python -m coded_invnet.tools.bench_serving [--model-dir models/mnist] [--k 10] --out results/serving.json
 
 1. Coding overhead: the same open-loop Poisson load (--rate, --duration, single-image unary requests
    through the asyncio SDK) against the system in mode `none` and in mode `coded-invnet`, both running,
@@ -34,9 +34,9 @@ import onnxruntime as ort
 
 from coded_invnet.client import AsyncClient, Client
 from coded_invnet.data import load_dataset
-from coded_invnet.launcher import System, launch
 from coded_invnet.serving.config import ServingConfig
-from loadtest.openloop import Outcome, poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.launcher import System, launch
+from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
 
 async def interleaved_open_loop(
@@ -91,7 +91,7 @@ def raw_onnxruntime_qps(model: Path, images: np.ndarray, batch: int, threads: in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coded_invnet.bench_serving", description=__doc__.splitlines()[0]
+        prog="python -m coded_invnet.tools.bench_serving", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--model-dir", default="models/mnist")
     parser.add_argument("--dataset", default="mnist")
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             "throughput_ratio": round(report["throughput_qps"] / raw, 3),
             "throughput_ratio_target": 0.5,
             "settings": {k: v for k, v in vars(args).items() if k not in ("out", "log_dir")},
-            "command": "python -m coded_invnet.bench_serving "
+            "command": "python -m coded_invnet.tools.bench_serving "
             + shlex.join(sys.argv[1:] if argv is None else argv),
         }
     )

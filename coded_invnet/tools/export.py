@@ -1,7 +1,7 @@
 """ONNX export of the shipped models (I/O contract: docs/CONTRACTS.md) and the manifest.
 
-    python -m coded_invnet.export all                      # every data set under models/
-    python -m coded_invnet.export dataset --dataset mnist
+    python -m coded_invnet.tools.export all                      # every data set under models/
+    python -m coded_invnet.tools.export dataset --dataset mnist
 
 Spectrally-normalised convs are baked into plain convs first, so the graphs are ordinary CNNs.
 """
@@ -117,7 +117,7 @@ def export_dataset(model_dir: Path) -> dict[str, Any]:
         "num_classes": base.spec.num_classes,
         "classifier_spec": base.spec.to_json(),
         "files": files,
-        "export_command": "python -m coded_invnet.export " + " ".join(sys.argv[1:]),
+        "export_command": "python -m coded_invnet.tools.export " + " ".join(sys.argv[1:]),
     }
     manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -125,7 +125,7 @@ def export_dataset(model_dir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coded_invnet.export", description=__doc__.splitlines()[0]
+        prog="python -m coded_invnet.tools.export", description=__doc__.splitlines()[0]
     )
     parser.add_argument("what", choices=("all", "dataset"))
     parser.add_argument("--dataset", default="mnist")

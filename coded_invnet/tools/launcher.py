@@ -2,11 +2,11 @@
 
 Command line (prints the ports, runs until Ctrl-C or SIGTERM)::
 
-    python -m coded_invnet.launcher --model-dir models/mnist --mode coded-invnet --k 10
+    python -m coded_invnet.tools.launcher --model-dir models/mnist --mode coded-invnet --k 10
 
 Python API (used by the tests, the demo, the chaos runner and the benchmarks)::
 
-    from coded_invnet.launcher import launch
+    from coded_invnet.tools.launcher import launch
 
     with launch("models/mnist", mode="coded-invnet", k=10) as system:
         system.frontend.target          # "127.0.0.1:PORT", for the client SDK or tritonclient

@@ -1,6 +1,6 @@
 """Evaluation of the committed models: accuracy with a missing worker, and the coding overhead.
 
-    python -m coded_invnet.evaluate --out results/accuracy.json       (make eval)
+    python -m coded_invnet.tools.evaluate --out results/accuracy.json       (make eval)
 
 For each data set and k, the test set is cut into coding groups of k queries (fixed shuffle); each
 position in turn is the missing one, so every test query is recovered exactly once.
@@ -30,11 +30,11 @@ from tqdm import tqdm
 from coded_invnet import coding
 from coded_invnet.checkpoint import ModelFileError, load_classifier, write_json
 from coded_invnet.data import DataError, Dataset, load_dataset
-from coded_invnet.export import load_encoder, load_parm
 from coded_invnet.flops import count_macs
 from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import FusionEncoder, MeanEncoder
 from coded_invnet.models.parm import ParityModel
+from coded_invnet.tools.export import load_encoder, load_parm
 from coded_invnet.train import KS
 
 DATASETS = ("mnist", "fashion-mnist")
@@ -53,7 +53,7 @@ CODED_METHODS: dict[str, tuple[str, str]] = {
 
 
 def command_line() -> str:
-    return "python -m coded_invnet.evaluate " + " ".join(sys.argv[1:])
+    return "python -m coded_invnet.tools.evaluate " + " ".join(sys.argv[1:])
 
 
 def groups_of(n: int, k: int, seed: int = 0) -> np.ndarray:
@@ -310,7 +310,7 @@ def record_metrics(manifest_path: Path, records: list[dict[str, Any]], command: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coded_invnet.evaluate", description=__doc__.splitlines()[0]
+        prog="python -m coded_invnet.tools.evaluate", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", default="results/accuracy.json")
     parser.add_argument("--overhead-out", default="results/overhead.json")

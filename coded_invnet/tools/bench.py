@@ -8,7 +8,7 @@ rounds, each round with the same Poisson load (seeded, so every mode sees the sa
 It writes results/latency.json (a list of records), results/latency.meta.json (the command and the
 settings) and results/latency.png.
 
-    python -m coded_invnet.bench --out results/latency.json
+    python -m coded_invnet.tools.bench --out results/latency.json
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from coded_invnet.chaos import LauncherKiller
 from coded_invnet.client import AsyncClient
 from coded_invnet.data import Split, load_dataset
-from coded_invnet.launcher import System, launch
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.config import DECODABLE_MODES, default_model_file
-from loadtest.openloop import Outcome, poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.chaos import LauncherKiller
+from coded_invnet.tools.launcher import System, launch
+from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
 MODES = ("none", "replication", "parm", "coded-invnet")
 FAULTS = ("none", "straggler", "kill")
@@ -229,7 +229,9 @@ def plot(records: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m coded_invnet.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m coded_invnet.tools.bench", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("results/latency.json"))
     parser.add_argument("--model-dir", type=Path, default=Path("models/mnist"))
     parser.add_argument("--dataset", default="mnist")
@@ -271,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.write_text(json.dumps(records, indent=1) + "\n")
     arguments = sys.argv[1:] if argv is None else list(argv)
     meta = {
-        "command": shlex.join(["python", "-m", "coded_invnet.bench", *arguments]),
+        "command": shlex.join(["python", "-m", "coded_invnet.tools.bench", *arguments]),
         "plan": asdict(plan),
         "wall_s": round(time.time() - started, 1),
         # the machine is shared (e.g. model training): its load explains noise in the tails
