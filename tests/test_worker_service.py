@@ -14,7 +14,7 @@ from serving_models import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.batch_service import PENDING_PER_SLOT
-from services.worker.server import create_server
+from services.worker.server import start as start_worker
 
 
 def direct(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -28,7 +28,7 @@ def test_unary_and_stream_match_onnxruntime(model_dir: Path) -> None:
     expected = direct(model_dir / "worker.onnx", x)
 
     async def scenario() -> None:
-        async with running(create_server, service_config("worker", model_dir)) as channel:
+        async with running(start_worker, service_config("worker", model_dir)) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
             result = await stub.Infer(batch(7, 1, x=x), timeout=10)
             assert (result.group_id, result.index) == (7, 1)
@@ -60,7 +60,7 @@ def test_parity_worker_runs_parm_model(model_dir: Path) -> None:
 
     async def scenario() -> None:
         cfg = service_config("worker", model_dir, mode="parm", role="parity")
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, cfg) as channel:
             got = outputs(await coded_pb2_grpc.WorkerStub(channel).Infer(batch(0, K, x=x), timeout=10))
             np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-5)
 
@@ -86,7 +86,7 @@ BAD_BATCHES = {
 def test_bad_input_is_rejected_and_the_server_keeps_serving(model_dir: Path) -> None:
     async def scenario() -> None:
         cfg = service_config("worker", model_dir, max_message_bytes=1_000_000)
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, cfg) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
             for case, (request, message) in BAD_BATCHES.items():
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -117,7 +117,7 @@ def test_bad_input_is_rejected_and_the_server_keeps_serving(model_dir: Path) -> 
 
 def test_fault_injection_through_the_admin_rpc(model_dir: Path) -> None:
     async def scenario() -> None:
-        async with running(create_server, service_config("worker", model_dir)) as channel:
+        async with running(start_worker, service_config("worker", model_dir)) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
             assert await stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5) == coded_pb2.FaultConfig()
 
@@ -162,7 +162,7 @@ def test_fault_injection_through_the_admin_rpc(model_dir: Path) -> None:
 def test_faults_from_config_at_start(model_dir: Path) -> None:
     async def scenario() -> None:
         cfg = service_config("worker", model_dir, fault_failure_probability=1.0)
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, cfg) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
             assert (await stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5)).failure_probability == 1.0
             result = [r async for r in stub.InferStream(iter([batch(3, 0, x=images(1))]), timeout=5)][0]
@@ -174,7 +174,7 @@ def test_faults_from_config_at_start(model_dir: Path) -> None:
 def test_stream_refuses_batches_beyond_its_pending_bound(model_dir: Path) -> None:
     async def scenario() -> None:
         cfg = service_config("worker", model_dir, max_inflight=1, fault_delay="fixed", fault_delay_ms=5000.0)
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, cfg) as channel:
             requests = [batch(group, 0, x=images(1)) for group in range(PENDING_PER_SLOT + 1)]
             call = coded_pb2_grpc.WorkerStub(channel).InferStream(iter(requests), timeout=20)
             first = await call.read()  # the one over the bound is answered at once; the rest wait

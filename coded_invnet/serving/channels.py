@@ -15,8 +15,10 @@ from typing import Any
 
 import grpc
 
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES
+
 DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = BACKEND_MAX_MESSAGE_BYTES
 RETRY_POLICY = {
     "maxAttempts": 3,
     "initialBackoff": "0.05s",

@@ -27,7 +27,12 @@ ROLES = ("data", "parity")
 DEVICES = ("auto", "cpu", "cuda")
 DELAY_KINDS = ("none", "fixed", "exponential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-TRANSPORTS = ("stream", "unary")
+# Backends exchange groups of up to max_batch rows with the frontend; their messages may be large.
+BACKEND_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest input row of the data sets the project serves (CIFAR-10: 3 x 32 x 32 float32): the
+# frontend's default message limit is what its per-client queue bound can take of such rows.
+LARGEST_QUERY_BYTES = 3 * 32 * 32 * 4
+MESSAGE_HEADROOM_BYTES = 64 * 1024  # request metadata, tensor names, protobuf framing
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class ServingConfig:
     metrics_port: int = 8002  # 0: any free port; -1: no metrics endpoint
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 0  # 0: the service's default (see `message_limit`)
     mode: str = "coded-invnet"
     k: int = 10
     # worker, encoder, decoder
@@ -68,13 +73,24 @@ class ServingConfig:
     parity_delay_ms: float = 0.0  # 0: the parity path starts with the data batches
     parity_delay_quantile: float = 0.9  # > 0: start it at this quantile of recent groups' latency
     max_queue: int = 4096
+    max_queue_per_client: int = 1024  # queued queries of one client (one connection, gRPC's peer)
     # few groups in flight (each worker has a batch computing and one or two queued): under load the
     # queue then fills bigger batches, which cost workers less per query (measured: 2 groups of up to
     # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)
     max_inflight_groups: int = 3
     rpc_timeout_s: float = 10.0
     discovery_interval_s: float = 5.0  # how often a dns:/// worker pool is resolved again
-    backend_transport: str = "stream"  # one bidirectional stream per backend, or a unary RPC per batch
+
+    @property
+    def message_limit(self) -> int:
+        """The largest gRPC message this service receives or sends: for the frontend what a client may
+        queue at once (so a request that cannot be admitted is refused before it is read in full), for
+        the backends room for a whole coding group."""
+        if self.max_message_bytes:
+            return self.max_message_bytes
+        if self.service == "frontend":
+            return self.max_queue_per_client * LARGEST_QUERY_BYTES + MESSAGE_HEADROOM_BYTES
+        return BACKEND_MAX_MESSAGE_BYTES
 
     def model_path(self) -> Path:
         """The ONNX file this service runs (see docs/CONTRACTS.md)."""
@@ -145,7 +161,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", str.upper, "log level", choices=LOG_LEVELS),
     Setting("shutdown_grace_s", float, "seconds in-flight RPCs get on SIGTERM", check=_non_negative),
-    Setting("max_message_bytes", int, "largest gRPC message accepted or sent", check=_positive),
+    Setting(
+        "max_message_bytes",
+        int,
+        "largest gRPC message accepted or sent (0: the frontend's from its per-client bound, 64 MiB else)",
+        check=_non_negative,
+    ),
     Setting("mode", str, "coding mode", choices=CODING_MODES),
     Setting("k", int, "data batches per coding group", check=lambda k: k >= 2, requirement=">= 2"),
     Setting("model_dir", Path, "folder of the ONNX models", MODEL_SERVICES),
@@ -196,6 +217,13 @@ SETTINGS: tuple[Setting, ...] = (
         requirement="in [0, 1)",
     ),
     Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
+    Setting(
+        "max_queue_per_client",
+        int,
+        "queued queries of one client (connection) before RESOURCE_EXHAUSTED",
+        FRONTEND,
+        check=_positive,
+    ),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
     Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),
     Setting(
@@ -204,13 +232,6 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between two resolutions of a dns:/// worker pool",
         FRONTEND,
         check=_positive,
-    ),
-    Setting(
-        "backend_transport",
-        str,
-        "backend calls: one stream per backend or a unary RPC per batch",
-        FRONTEND,
-        choices=TRANSPORTS,
     ),
 )
 
