@@ -115,7 +115,10 @@ def add_options(parser: Any) -> None:
 
 def set_worker_faults(target: str, faults: coded_pb2.FaultConfig) -> None:
     with grpc.insecure_channel(target) as channel:
-        coded_pb2_grpc.WorkerStub(channel).SetFaults(faults, timeout=ADMIN_TIMEOUT_S)
+        try:
+            coded_pb2_grpc.WorkerStub(channel).SetFaults(faults, timeout=ADMIN_TIMEOUT_S)
+        except grpc.RpcError as error:  # e.g. PERMISSION_DENIED: the worker's fault API is off
+            raise SystemExit(f"SetFaults on {target}: {error.code().name} {error.details()}") from None
 
 
 def kill_workers_periodically(options: Any) -> None:

@@ -28,6 +28,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DELAY_KINDS = ("none", "fixed", "exponential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TRANSPORTS = ("stream", "unary")
+SWITCH = ("off", "on")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ServingConfig:
     fault_delay_probability: float = 0.0
     fault_failure_probability: float = 0.0
     fault_seed: int = 0
+    fault_api: str = "off"  # "on": SetFaults/GetFaults answer on the serving port (tests, benchmarks)
     # frontend
     model_name: str = "mnist"  # the name clients infer with (Open Inference Protocol)
     workers: tuple[str, ...] = ()  # "host:port" list, or one "dns:///name:port" target
@@ -159,6 +161,13 @@ SETTINGS: tuple[Setting, ...] = (
     _probability("fault_delay_probability", "chance a batch is delayed (0 with a delay set: always)"),
     _probability("fault_failure_probability", "chance a batch fails with UNAVAILABLE"),
     Setting("fault_seed", int, "fault injection seed (0: unseeded)", WORKER, check=_non_negative),
+    Setting(
+        "fault_api",
+        str,
+        "answer the SetFaults/GetFaults admin RPCs (off: PERMISSION_DENIED; static faults still apply)",
+        WORKER,
+        choices=SWITCH,
+    ),
     Setting("model_name", str, "model name clients ask for", FRONTEND),
     Setting("workers", _csv, "data worker targets, comma-separated", FRONTEND),
     Setting("parity_worker", str, "parity worker target", FRONTEND),

@@ -23,6 +23,7 @@ the frontend pointed at them; each gets free loopback ports (gRPC and Prometheus
 grpc.health.v1 service, or raises `LaunchError` with the tail of the failing process's log.
 Extra settings go to every process (`settings`) or to one service (`frontend_settings`,
 `worker_settings`) as config field names, e.g. ``frontend_settings={"straggler_timeout_ms": 30}``.
+The workers' fault injection API (SetFaults/GetFaults) is off unless `fault_api=True` (`--fault-api`).
 The parity path (parity worker, encoder) runs at a lower CPU priority (`parity_niceness`): it is
 insurance, and on cores shared by every process it must not slow the data path down.
 """
@@ -227,8 +228,10 @@ def launch(
     ready_timeout_s: float = 120.0,
     stop_grace_s: float = 5.0,
     parity_niceness: int = 10,
+    fault_api: bool = False,
 ) -> Iterator[System]:
-    """Start the system, yield it once every service is SERVING, stop everything on exit."""
+    """Start the system, yield it once every service is SERVING, stop everything on exit.
+    `fault_api`: the workers answer SetFaults/GetFaults (for benchmarks and tests that inject faults)."""
     common: dict[str, object] = {"mode": mode, "k": k, **(settings or {})}
     # one onnxruntime thread per model process: many processes share few cores
     model_common: dict[str, object] = {"model_dir": str(model_dir), "ort_threads": 1, **common}
@@ -248,7 +251,7 @@ def launch(
             started.append(_start(name, service, extra, logs, niceness))
             return started[-1]
 
-        worker_extra = {**model_common, **(worker_settings or {})}
+        worker_extra = {**model_common, "fault_api": "on" if fault_api else "off", **(worker_settings or {})}
         workers = [start(f"worker-{i}", "worker", {**worker_extra, "role": "data"}) for i in range(k)]
         parity = encoder = decoder = None
         if mode in DECODABLE_MODES:
@@ -280,13 +283,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default="coded-invnet", choices=CODING_MODES)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--log-dir", default="results/logs", help="one log file per service")
+    parser.add_argument(
+        "--fault-api", action="store_true", help="let callers inject faults into the workers (SetFaults)"
+    )
     args = parser.parse_args(argv)
     # run the clean-up of `launch` on SIGTERM, and on Ctrl-C even where SIGINT came in ignored
     # (background jobs of a non-interactive shell); a second Ctrl-C must not cut the clean-up short
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
+        with launch(
+            args.model_dir, args.mode, args.k, log_dir=args.log_dir, fault_api=args.fault_api
+        ) as system:
             for name, service in system.services.items():
                 print(
                     f"{name:14s} {service.target:22s} metrics :{service.metrics_port:<6d} pid {service.pid}"

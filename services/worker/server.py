@@ -18,7 +18,7 @@ SERVICE_NAME = "coded.v1.Worker"
 async def start(cfg: ServingConfig) -> ServiceHost:
     model = open_model(cfg)
     metrics = ServingMetrics(model.name)
-    runtime = WorkerRuntime(model, FaultInjector(FaultSpec.from_config(cfg)))
+    runtime = WorkerRuntime(model, FaultInjector(FaultSpec.from_config(cfg)), fault_api=cfg.fault_api == "on")
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
     servicer = WorkerServicer(runtime, BatchService.for_config(runtime.infer, metrics, cfg), cfg)
     coded_pb2_grpc.add_WorkerServicer_to_server(servicer, host.server)
