@@ -43,6 +43,14 @@ class ServingConfig:
     max_message_bytes: int = 64 * 1024 * 1024
     mode: str = "coded-invnet"
     k: int = 10
+    # TLS (every service; unset: plaintext). PEM files.
+    tls_cert: Path | None = None  # this server's certificate chain; with tls_key, the port serves TLS only
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # verifies the servers this process calls and, for mTLS, its clients
+    tls_require_client_cert: str = "off"  # "on": clients must present a certificate signed by tls_ca
+    tls_client_cert: Path | None = None  # presented to the servers this process calls (mTLS)
+    tls_client_key: Path | None = None
+    tls_server_name: str = ""  # the name servers' certificates are checked for (default: the target's host)
     # worker, encoder, decoder
     model_dir: Path = Path("models/mnist")
     model_file: Path | None = None  # overrides the file chosen from mode/role/k
@@ -78,11 +86,29 @@ class ServingConfig:
     discovery_interval_s: float = 5.0  # how often a dns:/// worker pool is resolved again
     backend_transport: str = "stream"  # one bidirectional stream per backend, or a unary RPC per batch
 
+    def __post_init__(self) -> None:
+        check_tls(self)
+
     def model_path(self) -> Path:
         """The ONNX file this service runs (see docs/CONTRACTS.md)."""
         if self.model_file is not None:
             return self.model_file
         return self.model_dir / default_model_file(self.service, self.mode, self.role, self.k)
+
+
+def check_tls(cfg: ServingConfig) -> None:
+    """The TLS settings that only work together: a key with its certificate, client certificates
+    checked against a CA."""
+    for cert, key in (("tls_cert", "tls_key"), ("tls_client_cert", "tls_client_key")):
+        if (getattr(cfg, cert) is None) != (getattr(cfg, key) is None):
+            raise ConfigError(f"{env_var(cert)} and {env_var(key)} come together: set both or neither")
+    if cfg.tls_require_client_cert == "on" and (cfg.tls_cert is None or cfg.tls_ca is None):
+        raise ConfigError(
+            "CODED_TLS_REQUIRE_CLIENT_CERT=on needs CODED_TLS_CERT/CODED_TLS_KEY (a TLS port) and "
+            "CODED_TLS_CA (the CA client certificates must chain to)"
+        )
+    if cfg.tls_client_cert is not None and cfg.tls_ca is None:
+        raise ConfigError("CODED_TLS_CLIENT_CERT needs CODED_TLS_CA to verify the servers it is presented to")
 
 
 def require_decodable_mode(cfg: ServingConfig) -> None:
@@ -100,6 +126,10 @@ def default_model_file(service: str, mode: str, role: str, k: int) -> str:
     raise ConfigError(f"service {service!r} runs no model")
 
 
+def env_var(field: str) -> str:
+    return "CODED_" + field.upper()
+
+
 @dataclass(frozen=True)
 class Setting:
     field: str
@@ -112,7 +142,7 @@ class Setting:
 
     @property
     def env_var(self) -> str:
-        return "CODED_" + self.field.upper()
+        return env_var(self.field)
 
     @property
     def flag(self) -> str:
@@ -121,6 +151,10 @@ class Setting:
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _pem_file(name: str, help: str, services: tuple[str, ...] = SERVICES) -> Setting:
+    return Setting(name, Path, help, services, check=Path.is_file, requirement="an existing file")
 
 
 def _probability(name: str, help: str) -> Setting:
@@ -150,6 +184,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_message_bytes", int, "largest gRPC message accepted or sent", check=_positive),
     Setting("mode", str, "coding mode", choices=CODING_MODES),
     Setting("k", int, "data batches per coding group", check=lambda k: k >= 2, requirement=">= 2"),
+    _pem_file("tls_cert", "server certificate chain (PEM); with --tls-key the port serves TLS only"),
+    _pem_file("tls_key", "server private key (PEM)"),
+    _pem_file("tls_ca", "CA bundle (PEM) that verifies the servers this process calls, and its clients"),
+    Setting(
+        "tls_require_client_cert",
+        str,
+        "mutual TLS: refuse clients without a certificate signed by --tls-ca",
+        choices=SWITCH,
+    ),
+    _pem_file("tls_client_cert", "client certificate (PEM) presented to the servers this process calls"),
+    _pem_file("tls_client_key", "client private key (PEM)"),
+    Setting("tls_server_name", str, "name the called servers' certificates must carry (default: their host)"),
     Setting("model_dir", Path, "folder of the ONNX models", MODEL_SERVICES),
     Setting("model_file", Path, "explicit ONNX file (overrides model_dir/mode/role/k)", MODEL_SERVICES),
     Setting("device", str, "execution provider", MODEL_SERVICES, choices=DEVICES),

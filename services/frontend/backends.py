@@ -20,7 +20,7 @@ import numpy as np
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.batch_stream import BatchStream
-from coded_invnet.serving.channels import create_channel
+from coded_invnet.serving.channels import client_tls, create_channel
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
@@ -93,7 +93,10 @@ class GrpcBackends:
 
     def _connect(self, who: str, target: str, stub_type: Any, method: str) -> None:
         channel = create_channel(
-            target, timeout_s=self._cfg.rpc_timeout_s, max_message_bytes=self._cfg.max_message_bytes
+            target,
+            timeout_s=self._cfg.rpc_timeout_s,
+            max_message_bytes=self._cfg.max_message_bytes,
+            tls=client_tls(self._cfg),
         )
         stub = stub_type(channel)
         self._channels[who] = channel
