@@ -14,8 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import K, images, service_config, wait_serving
 
 from coded_invnet.client import AsyncClient, Client, TlsOptions
+from coded_invnet.serving import health_check as health
 from coded_invnet.serving.channels import create_channel
-from coded_invnet.serving.config import ServingConfig, load_config
+from coded_invnet.serving.config import ServingConfig, load_config, load_shared_config
 from coded_invnet.serving.errors import ConfigError
 from coded_invnet.tools.certificates import Certificates, make_certificates
 from coded_invnet.tools.launcher import launch
@@ -168,3 +169,33 @@ def test_a_certificate_that_is_not_pem_is_a_config_error(model_dir: Path, tmp_pa
     cfg = service_config("worker", model_dir, tls_cert=garbage, tls_key=garbage)
     with pytest.raises(ConfigError, match="CODED_TLS_CERT/CODED_TLS_KEY are not a PEM pair"):
         asyncio.run(create_server(cfg))
+
+
+def test_the_health_check_probe_speaks_the_services_tls(model_dir: Path, certificates: Certificates) -> None:
+    """What a Kubernetes exec probe runs beside an mTLS backend: it needs the client certificate."""
+
+    async def scenario() -> None:
+        server, port = await create_server(tls_worker(model_dir, certificates, mutual=True))
+        environ = {
+            "CODED_PORT": str(port),
+            "CODED_TLS_CERT": str(certificates.server_cert),
+            "CODED_TLS_KEY": str(certificates.server_key),
+            "CODED_TLS_CA": str(certificates.ca),
+            "CODED_TLS_SERVER_NAME": "localhost",
+        }
+        client = {
+            "CODED_TLS_CLIENT_CERT": str(certificates.client_cert),
+            "CODED_TLS_CLIENT_KEY": str(certificates.client_key),
+        }
+        with_client_cert = load_shared_config(environ | client)
+        try:
+            async with create_channel(f"127.0.0.1:{port}", tls=health.probe_tls(with_client_cert)) as channel:
+                await wait_serving(channel)
+            assert await asyncio.to_thread(health.check, with_client_cert) == "SERVING"
+            assert await asyncio.to_thread(health.check, load_shared_config(environ)) == "UNAVAILABLE"
+            plaintext = load_shared_config({"CODED_PORT": str(port)})
+            assert await asyncio.to_thread(health.check, plaintext) == "UNAVAILABLE"
+        finally:
+            await server.stop(None)
+
+    asyncio.run(scenario())

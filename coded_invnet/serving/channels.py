@@ -72,6 +72,11 @@ class TlsOptions:
         if (self.cert_file is None) != (self.key_file is None):
             raise ValueError("TlsOptions: cert_file and key_file come together")
 
+    @classmethod
+    def from_config(cls, cfg: ServingConfig) -> TlsOptions:
+        """A service's client side: CODED_TLS_CA, CODED_TLS_CLIENT_CERT/KEY, CODED_TLS_SERVER_NAME."""
+        return cls(cfg.tls_ca, cfg.tls_client_cert, cfg.tls_client_key, cfg.tls_server_name)
+
     def credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca_file),
@@ -89,9 +94,7 @@ def _read(path: str | os.PathLike[str] | None) -> bytes | None:
 
 def client_tls(cfg: ServingConfig) -> TlsOptions | None:
     """The TLS a service uses towards the servers it calls: on when CODED_TLS_CA is set."""
-    if cfg.tls_ca is None:
-        return None
-    return TlsOptions(cfg.tls_ca, cfg.tls_client_cert, cfg.tls_client_key, cfg.tls_server_name)
+    return None if cfg.tls_ca is None else TlsOptions.from_config(cfg)
 
 
 class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):

@@ -307,6 +307,14 @@ def load_config(
     return replace(ServingConfig(), **values)
 
 
+def load_shared_config(environ: Mapping[str, str] | None = None) -> ServingConfig:
+    """The settings every service reads alike (port, TLS, ...) from env vars: for a tool that runs
+    beside any service, such as its health check."""
+    environ = os.environ if environ is None else environ
+    shared = [s for s in SETTINGS if s.services == SERVICES and environ.get(s.env_var, "") != ""]
+    return replace(ServingConfig(), **{s.field: _convert(s, environ[s.env_var], s.env_var) for s in shared})
+
+
 def describe(config: ServingConfig) -> dict[str, Any]:
     """The settings of this config's service, for the start-up log line."""
     names = {s.field for s in SETTINGS if config.service in s.services}
