@@ -165,6 +165,7 @@ def test_the_fault_api_is_refused_unless_switched_on(model_dir: Path) -> None:
             stub = coded_pb2_grpc.WorkerStub(channel)
             calls = {
                 "SetFaults": stub.SetFaults(coded_pb2.FaultConfig(failure_probability=1.0), timeout=5),
+                "SetFaults, invalid": stub.SetFaults(coded_pb2.FaultConfig(failure_probability=2), timeout=5),
                 "GetFaults": stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5),
             }
             for name, call in calls.items():

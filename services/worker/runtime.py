@@ -86,15 +86,15 @@ class WorkerRuntime:
         self.fault_api = fault_api
 
     def set_faults(self, spec: FaultSpec) -> FaultSpec:
-        self._check_fault_api()
+        self.require_fault_api()
         self.faults.configure(spec)
         return self.faults.spec
 
     def get_faults(self) -> FaultSpec:
-        self._check_fault_api()
+        self.require_fault_api()
         return self.faults.spec
 
-    def _check_fault_api(self) -> None:
+    def require_fault_api(self) -> None:
         if not self.fault_api:
             raise PermissionDenied(FAULT_API_OFF)
 

@@ -43,6 +43,7 @@ class WorkerServicer(BatchServicer, coded_pb2_grpc.WorkerServicer):
     async def SetFaults(
         self, request: coded_pb2.FaultConfig, context: grpc.aio.ServicerContext
     ) -> coded_pb2.FaultConfig:
+        self.runtime.require_fault_api()  # refused before the request is validated, whatever it holds
         return faults_to_proto(self.runtime.set_faults(faults_from_proto(request)))
 
     async def GetFaults(
