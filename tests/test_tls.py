@@ -5,6 +5,7 @@ end, and bad TLS settings fail fast naming the setting."""
 from __future__ import annotations
 
 import asyncio
+import csv
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from coded_invnet.serving import health_check as health
 from coded_invnet.serving.channels import create_channel
 from coded_invnet.serving.config import ServingConfig, load_config, load_shared_config
 from coded_invnet.serving.errors import ConfigError
+from coded_invnet.tools import openloop
 from coded_invnet.tools.certificates import Certificates, make_certificates
 from coded_invnet.tools.launcher import launch
 from services.worker.server import create_server
@@ -101,6 +103,16 @@ def test_a_tls_system_answers_the_sdk_end_to_end(model_dir: Path, tmp_path: Path
         with Client(system.frontend.target, timeout_s=3) as plain, pytest.raises(grpc.RpcError) as caught:
             plain.predict(images(1)[0])
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+        # the load tools take the CA too
+        out = tmp_path / "openloop.csv"
+        ca, target = str(system.client_tls.ca_file), system.frontend.target
+        openloop.main(
+            ["--target", target, "--tls-ca", ca, "--rate", "20", "--duration", "1", "--out", str(out)]
+        )
+        with open(out) as file:
+            codes = [row["code"] for row in csv.DictReader(file)]
+        assert codes and set(codes) == {"OK"}
 
 
 def pem_settings(certificates: Certificates) -> dict[str, str]:
