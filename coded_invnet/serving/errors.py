@@ -34,6 +34,12 @@ class Unavailable(ServingError):
     status = "UNAVAILABLE"
 
 
+class PermissionDenied(ServingError):
+    """The call is known but this service is not set up to allow it (e.g. an admin RPC switched off)."""
+
+    status = "PERMISSION_DENIED"
+
+
 class DeadlineExceeded(ServingError):
     """The answer could not be produced before the caller's deadline."""
 

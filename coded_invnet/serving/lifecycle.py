@@ -35,6 +35,18 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def server_credentials(cfg: ServingConfig) -> grpc.ServerCredentials:
+    """TLS from CODED_TLS_CERT/KEY; with CODED_TLS_REQUIRE_CLIENT_CERT=on, only clients presenting a
+    certificate signed by CODED_TLS_CA get through the handshake."""
+    assert cfg.tls_cert is not None and cfg.tls_key is not None  # paired: config.check_tls
+    mutual = cfg.tls_require_client_cert == "on"
+    return grpc.ssl_server_credentials(
+        [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+        root_certificates=cfg.tls_ca.read_bytes() if mutual and cfg.tls_ca else None,
+        require_client_auth=mutual,
+    )
+
+
 class ServiceHost:
     """A grpc.aio server with the shared plumbing; the service adds its servicers to `server`."""
 
@@ -47,10 +59,15 @@ class ServiceHost:
             interceptors=[ErrorMappingInterceptor()], options=server_options(cfg.message_limit)
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{cfg.host}:{cfg.port}"
         try:
-            self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            if cfg.tls_cert is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, server_credentials(cfg))
         except RuntimeError as error:  # grpc's way of saying the address is taken or invalid
-            raise ConfigError(f"CODED_HOST/CODED_PORT {cfg.host}:{cfg.port}: cannot bind ({error})") from None
+            hint = "" if cfg.tls_cert is None else "; or CODED_TLS_CERT/CODED_TLS_KEY are not a PEM pair"
+            raise ConfigError(f"CODED_HOST/CODED_PORT {address}: cannot bind ({error}){hint}") from None
         self.metrics_port: int | None = None
         self._warm_up: asyncio.Task[None] | None = None
         self._cleanups: list[Callable[[], Awaitable[None]]] = []

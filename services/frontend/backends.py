@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.batch_stream import BatchStream
-from coded_invnet.serving.channels import create_channel
+from coded_invnet.serving.channels import client_tls, create_channel
 from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
@@ -81,7 +81,10 @@ class GrpcBackends:
 
     def _connect(self, who: str, target: str, stub_type: Any, method: str) -> None:
         channel = create_channel(
-            target, timeout_s=self._cfg.rpc_timeout_s, max_message_bytes=BACKEND_MAX_MESSAGE_BYTES
+            target,
+            timeout_s=self._cfg.rpc_timeout_s,
+            max_message_bytes=BACKEND_MAX_MESSAGE_BYTES,
+            tls=client_tls(self._cfg),
         )
         self._channels[who] = channel
         self._streams[who] = BatchStream(getattr(stub_type(channel), method + "Stream"), who)

@@ -21,7 +21,7 @@ async def start(cfg: ServingConfig) -> ServiceHost:
     """A started worker: answering at once, NOT_SERVING until its model is loaded and warmed up."""
     model = open_model(cfg)
     metrics = ServingMetrics(model.name)
-    runtime = WorkerRuntime(model, FaultInjector(FaultSpec.from_config(cfg)))
+    runtime = WorkerRuntime(model, FaultInjector(FaultSpec.from_config(cfg)), fault_api=cfg.fault_api == "on")
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
     servicer = WorkerServicer(runtime, BatchProcessor.for_config(runtime.infer, metrics, cfg), cfg)
     coded_pb2_grpc.add_WorkerServicer_to_server(servicer, host.server)

@@ -56,10 +56,10 @@ class WorkerServicer(coded_pb2_grpc.WorkerServicer):
     async def SetFaults(
         self, request: coded_pb2.FaultConfig, context: grpc.aio.ServicerContext
     ) -> coded_pb2.FaultConfig:
-        self.runtime.faults.configure(faults_from_proto(request))
-        return faults_to_proto(self.runtime.faults.spec)
+        self.runtime.require_fault_api()  # refused before the request is validated, whatever it holds
+        return faults_to_proto(self.runtime.set_faults(faults_from_proto(request)))
 
     async def GetFaults(
         self, request: coded_pb2.GetFaultsRequest, context: grpc.aio.ServicerContext
     ) -> coded_pb2.FaultConfig:
-        return faults_to_proto(self.runtime.faults.spec)
+        return faults_to_proto(self.runtime.get_faults())
