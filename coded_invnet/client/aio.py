@@ -26,9 +26,11 @@ class AsyncClient:
         model: str = core.DEFAULT_MODEL,
         timeout_s: float = core.DEFAULT_TIMEOUT_S,
         tls: TlsOptions | None = None,
+        wait_for_ready: bool = False,
     ) -> None:
         self.model = model
         self.timeout_s = timeout_s
+        self.wait_for_ready = wait_for_ready
         self._channel = create_channel(target, timeout_s=timeout_s, tls=tls)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
@@ -53,7 +55,9 @@ class AsyncClient:
         """Images (N, C, H, W) in one request → N predictions, in order."""
         started = time.perf_counter()
         request = build_request(images, self.model)
-        response = await self._stub.ModelInfer(request, timeout=timeout_s or self.timeout_s)
+        response = await self._stub.ModelInfer(
+            request, timeout=timeout_s or self.timeout_s, wait_for_ready=self.wait_for_ready
+        )
         return parse_response(response, (time.perf_counter() - started) * 1e3)
 
     async def stream(
@@ -62,7 +66,7 @@ class AsyncClient:
         """Like `Client.stream`: one ModelStreamInfer stream, ≤ ``window`` unanswered, completion order."""
         slots = asyncio.Semaphore(window)
         sent_at: dict[str, float] = {}
-        call = self._stub.ModelStreamInfer(timeout=timeout_s)  # type: ignore[call-arg]
+        call = self._stub.ModelStreamInfer(timeout=timeout_s, wait_for_ready=self.wait_for_ready)  # type: ignore[call-arg]
 
         async def send_all() -> None:
             for index, images in enumerate(batches):

@@ -19,7 +19,8 @@ class Client:
 
     Every call has a deadline (``timeout_s``, per call overridable); UNAVAILABLE is retried by the
     channel's service config, not by this code. ``tls``: talk TLS (``TlsOptions(ca_file=...)``, with
-    ``cert_file``/``key_file`` for mutual TLS); plaintext without it.
+    ``cert_file``/``key_file`` for mutual TLS); plaintext without it. ``wait_for_ready``: while the
+    frontend is unreachable (restarting), wait for it until the deadline instead of failing at once.
     """
 
     def __init__(
@@ -28,9 +29,11 @@ class Client:
         model: str = core.DEFAULT_MODEL,
         timeout_s: float = core.DEFAULT_TIMEOUT_S,
         tls: TlsOptions | None = None,
+        wait_for_ready: bool = False,
     ) -> None:
         self.model = model
         self.timeout_s = timeout_s
+        self.wait_for_ready = wait_for_ready
         self._channel = create_sync_channel(target, timeout_s=timeout_s, tls=tls)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
@@ -57,7 +60,9 @@ class Client:
         """Images (N, C, H, W) in one request → N predictions, in order."""
         started = time.perf_counter()
         response = self._stub.ModelInfer(
-            build_request(images, self.model), timeout=timeout_s or self.timeout_s
+            build_request(images, self.model),
+            timeout=timeout_s or self.timeout_s,
+            wait_for_ready=self.wait_for_ready,
         )
         return parse_response(response, (time.perf_counter() - started) * 1e3)
 
@@ -82,7 +87,9 @@ class Client:
                 sent_at[str(index)] = time.perf_counter()
                 yield build_request(images, self.model, str(index))
 
-        responses = self._stub.ModelStreamInfer(requests(), timeout=timeout_s)
+        responses = self._stub.ModelStreamInfer(
+            requests(), timeout=timeout_s, wait_for_ready=self.wait_for_ready
+        )
         try:
             for reply in responses:
                 slots.release()

@@ -83,7 +83,7 @@ class ServingConfig:
     parity_delay_ms: float = 0.0  # 0: the parity path starts with the data batches
     parity_delay_quantile: float = 0.9  # > 0: start it at this quantile of recent groups' latency
     max_queue: int = 4096
-    max_queue_per_client: int = 1024  # queued queries of one client (one connection, gRPC's peer)
+    max_queue_per_client: int = 256  # queued queries of one client (one connection, gRPC's peer)
     # few groups in flight (each worker has a batch computing and one or two queued): under load the
     # queue then fills bigger batches, which cost workers less per query (measured: 2 groups of up to
     # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)

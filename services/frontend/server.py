@@ -17,6 +17,7 @@ from coded_invnet.proto import inference_pb2, inference_pb2_grpc
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
 from coded_invnet.serving.lifecycle import ServiceHost, run_service
+from coded_invnet.serving.memory import MemoryReturner
 from coded_invnet.serving.metrics import ServingMetrics
 from services.frontend.backends import GrpcBackends, check_targets, is_dns_target, resolve_workers
 from services.frontend.batcher import Batcher
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 DESCRIBE_WAIT_S = 60.0  # workers may still be loading their models
 RETRY_DESCRIBE_S = 1.0
+MEMORY_TRIM_INTERVAL_S = 2.0  # clients' large requests come and go: hand their memory back soon after
 Resolve = Callable[[Sequence[str], int], list[str]]
 
 
@@ -41,6 +43,7 @@ class Frontend:
         self.spec: ModelSpec | None = None
         self._resolve = resolve
         self._rediscovery: asyncio.Task[None] | None = None
+        self._memory = MemoryReturner(MEMORY_TRIM_INTERVAL_S)
         metrics = ServingMetrics(cfg.model_name)
         self.host = ServiceHost(cfg, [SERVICE_NAME], metrics)
         self.backends = GrpcBackends(cfg, resolve(cfg.workers, cfg.k))
@@ -59,6 +62,7 @@ class Frontend:
         return self.host.port
 
     async def start(self) -> None:
+        self._memory.start()
         self.batcher.start()
         if is_dns_target(self.cfg.workers):
             self._rediscovery = asyncio.create_task(self._rediscover_forever(), name="rediscovery")
@@ -71,6 +75,7 @@ class Frontend:
             await asyncio.gather(self._rediscovery, return_exceptions=True)
         await self.batcher.stop()
         await self.backends.close()
+        await self._memory.stop()
 
     async def _describe(self) -> None:
         """Learn the model's shapes from data worker 0, waiting for it as long as it takes (it may start
