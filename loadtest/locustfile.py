@@ -143,6 +143,16 @@ def kill_workers_periodically(options: Any) -> None:
             os.kill(pids.pop(random.randrange(len(pids))), signal.SIGKILL)
 
 
+@events.init.add_listener
+def load_test_images(environment: Environment, **_: Any) -> None:
+    """Load the queries' data set before the run, so that --run-time counts requests only."""
+    if environment.parsed_options is not None:
+        test_images(environment.parsed_options.dataset)
+        # the load blocked gevent's loop, whose cached clock would make the --run-time timer, set
+        # right after, expire at once
+        gevent.get_hub().loop.update_now()
+
+
 @events.test_start.add_listener
 def start_faults(environment: Environment, **_: Any) -> None:
     parsed = options(environment)
