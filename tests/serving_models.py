@@ -17,9 +17,9 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.proto import coded_pb2
+from coded_invnet.rpc.lifecycle import ServiceHost
+from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
 from coded_invnet.serving.config import ServingConfig
-from coded_invnet.serving.lifecycle import ServiceHost
-from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAINED_DIR = REPO_ROOT / "models" / "mnist"

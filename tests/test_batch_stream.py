@@ -15,7 +15,7 @@ import pytest
 from serving_models import batch, images, outputs, running, service_config, wait_serving
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.serving.batch_stream import BatchStream
+from coded_invnet.rpc.batch_stream import BatchStream
 from coded_invnet.serving.errors import Unavailable
 from services.worker.server import start as start_worker
 

@@ -254,8 +254,8 @@ def test_tls_overlay_mounts_the_secret_and_every_service_reads_its_settings(tmp_
         "client.crt": made.client_cert,
         "client.key": made.client_key,
     }
-    probe = ["python", "-m", "coded_invnet.serving.health_check"]
-    assert (ROOT / "coded_invnet" / "serving" / "health_check.py").exists()
+    probe = ["python", "-m", "coded_invnet.rpc.health_check"]
+    assert (ROOT / "coded_invnet" / "rpc" / "health_check.py").exists()
     for workload in of_kind(docs, "Deployment", "StatefulSet"):
         name = workload["metadata"]["name"]
         pod = pod_spec(workload)

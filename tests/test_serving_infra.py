@@ -22,11 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import REPO_ROOT, batch, images, outputs, service_config, wait_serving
 
 from coded_invnet.proto import coded_pb2_grpc
+from coded_invnet.rpc.channels import create_channel, create_sync_channel
+from coded_invnet.rpc.lifecycle import ServiceHost, run_service
 from coded_invnet.serving import errors
-from coded_invnet.serving.channels import create_channel, create_sync_channel
 from coded_invnet.serving.config import ENV_VARS, ServingConfig, load_config
 from coded_invnet.serving.errors import ConfigError, InvalidInput, Overloaded
-from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.metrics import ServingMetrics
 from coded_invnet.serving.structured_logging import JsonFormatter
 from coded_invnet.serving.tensors import decode_array
@@ -244,7 +244,7 @@ def test_worker_metrics_count_successes_and_failures(model_dir: Path) -> None:
         assert f"nv_inference_request_success_total{labels} 1.0" in text
         assert f"nv_inference_count_total{labels} 3.0" in text
         failures = (
-            'nv_inference_request_failure_total{model="worker.onnx",reason="INVALID_ARGUMENT",version="1"}'
+            'nv_inference_request_failure_total{model="worker.onnx",reason="invalid_input",version="1"}'
         )
         assert f"{failures} 1.0" in text
         assert "nv_inference_compute_infer_duration_us_total" in text

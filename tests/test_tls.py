@@ -15,8 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serving_models import K, images, service_config, wait_serving
 
 from coded_invnet.client import AsyncClient, Client, TlsOptions
-from coded_invnet.serving import health_check as health
-from coded_invnet.serving.channels import create_channel
+from coded_invnet.rpc import health_check as health
+from coded_invnet.rpc.channels import create_channel
 from coded_invnet.serving.config import ServingConfig, load_config, load_shared_config
 from coded_invnet.serving.errors import ConfigError
 from coded_invnet.tools import openloop

@@ -13,7 +13,7 @@ import pytest
 from serving_models import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.serving.batch_service import PENDING_PER_SLOT
+from coded_invnet.rpc.batch_service import PENDING_PER_SLOT
 from services.worker.server import start as start_worker
 
 

@@ -13,6 +13,6 @@ process.
 from coded_invnet.client.aio import AsyncClient
 from coded_invnet.client.core import Prediction, PredictionError, StreamResult
 from coded_invnet.client.sync import Client
-from coded_invnet.serving.channels import TlsOptions
+from coded_invnet.rpc.channels import TlsOptions
 
 __all__ = ["AsyncClient", "Client", "Prediction", "PredictionError", "StreamResult", "TlsOptions"]

@@ -11,7 +11,7 @@ import numpy as np
 from coded_invnet.client import core
 from coded_invnet.client.core import Prediction, StreamResult, build_request, parse_response, stream_result
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
-from coded_invnet.serving.channels import TlsOptions, create_channel
+from coded_invnet.rpc.channels import TlsOptions, create_channel
 
 
 class AsyncClient:

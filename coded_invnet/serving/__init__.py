@@ -1,5 +1,3 @@
-"""Shared serving infrastructure: config, errors, tensors, ONNX runtime, metrics, logging, gRPC plumbing.
-
-Modules without gRPC (config, errors, tensors, onnx_model, metrics, structured_logging) hold the domain
-side; grpc_errors, health, channels, lifecycle and batch_service are the only ones that import grpc.
-"""
+"""Serving code that never imports gRPC or the generated protos: config, plain errors, the tensor codec,
+the ONNX model, metrics, logging, the stream responder and memory hand-back. The gRPC side is
+`coded_invnet.rpc`."""

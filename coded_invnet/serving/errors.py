@@ -1,5 +1,6 @@
-"""Domain errors raised by serving code. They know nothing of gRPC: `grpc_errors` maps each class to a
-status code at the edge (INVALID_ARGUMENT, UNAVAILABLE, ...), named here in `status` for that mapping."""
+"""Domain errors raised by serving code. They know nothing of gRPC: the interceptor in
+`coded_invnet.rpc.grpc_errors` holds the one table from these classes to status codes. `reason` names
+the kind of failure in metrics and logs."""
 
 from __future__ import annotations
 
@@ -7,49 +8,49 @@ from __future__ import annotations
 class ServingError(Exception):
     """Unexpected failure inside a service (an INTERNAL error)."""
 
-    status = "INTERNAL"
+    reason = "internal"
 
 
 class InvalidInput(ServingError):
     """The request is malformed: wrong shape or dtype, empty, NaN/Inf, garbage bytes."""
 
-    status = "INVALID_ARGUMENT"
+    reason = "invalid_input"
 
 
 class NotFound(ServingError):
     """The request names a model (or other entity) this service does not have."""
 
-    status = "NOT_FOUND"
+    reason = "not_found"
 
 
 class Overloaded(ServingError):
     """A bounded queue or size limit is exceeded; the caller may retry later or send less."""
 
-    status = "RESOURCE_EXHAUSTED"
+    reason = "overloaded"
 
 
 class Unavailable(ServingError):
     """A dependency or this service cannot answer now (down, not ready, injected failure)."""
 
-    status = "UNAVAILABLE"
+    reason = "unavailable"
 
 
 class PermissionDenied(ServingError):
     """The call is known but this service is not set up to allow it (e.g. an admin RPC switched off)."""
 
-    status = "PERMISSION_DENIED"
+    reason = "permission_denied"
 
 
 class DeadlineExceeded(ServingError):
     """The answer could not be produced before the caller's deadline."""
 
-    status = "DEADLINE_EXCEEDED"
+    reason = "deadline_exceeded"
 
 
 class Cancelled(ServingError):
     """The caller withdrew the request (e.g. a straggling batch that was decoded instead)."""
 
-    status = "CANCELLED"
+    reason = "cancelled"
 
 
 class ConfigError(ValueError):

@@ -47,7 +47,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.coding import CODING_MODES
-from coded_invnet.serving.channels import TlsOptions, create_sync_channel
+from coded_invnet.rpc.channels import TlsOptions, create_sync_channel
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.tools.certificates import Certificates, make_certificates
 

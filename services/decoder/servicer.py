@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.serving.batch_service import BatchProcessor, model_description
+from coded_invnet.rpc.batch_service import BatchProcessor, model_description
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.onnx_model import OnnxModel
 

@@ -17,11 +17,11 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.serving.batch_stream import BatchStream
-from coded_invnet.serving.channels import client_tls, create_channel
+from coded_invnet.rpc.batch_stream import BatchStream
+from coded_invnet.rpc.channels import client_tls, create_channel
+from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
 from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
-from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 from services.frontend.group import WorkerOutput
 from services.frontend.inference import ModelSpec
 

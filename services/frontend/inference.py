@@ -110,7 +110,7 @@ class InferenceService:
             images = self._images(request, spec)
             results = await self._batcher.infer(images, request.timeout_s, request.client)
         except ServingError as error:
-            self._metrics.record_failure(error.status, (time.perf_counter() - started) * 1e6)
+            self._metrics.record_failure(error.reason, (time.perf_counter() - started) * 1e6)
             raise
         outputs = prediction_outputs(results)
         request_us = (time.perf_counter() - started) * 1e6

@@ -14,9 +14,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
+from coded_invnet.rpc.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
-from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.memory import MemoryReturner
 from coded_invnet.serving.metrics import ServingMetrics
 from services.frontend.backends import GrpcBackends, check_targets, is_dns_target, resolve_workers

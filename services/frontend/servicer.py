@@ -13,8 +13,8 @@ import grpc
 import numpy as np
 
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
+from coded_invnet.rpc.grpc_errors import status_of
 from coded_invnet.serving.errors import InvalidInput
-from coded_invnet.serving.grpc_errors import status_of
 from coded_invnet.serving.streams import StreamResponder
 from coded_invnet.serving.tensors import encode_array
 from services.frontend.inference import MODEL_VERSION, InferenceService, InferRequest, InputTensor

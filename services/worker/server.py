@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 from coded_invnet.proto import coded_pb2_grpc
-from coded_invnet.serving.batch_service import BatchProcessor
+from coded_invnet.rpc.batch_service import BatchProcessor
+from coded_invnet.rpc.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.config import ServingConfig
-from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.metrics import ServingMetrics
 from coded_invnet.serving.onnx_model import open_model
 from services.worker.runtime import FaultInjector, FaultSpec, WorkerRuntime

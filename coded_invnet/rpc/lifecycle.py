@@ -14,9 +14,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from coded_invnet.rpc.grpc_errors import ErrorMappingInterceptor
 from coded_invnet.serving.config import ServingConfig, describe, load_config
 from coded_invnet.serving.errors import ConfigError
-from coded_invnet.serving.grpc_errors import ErrorMappingInterceptor
 from coded_invnet.serving.metrics import ServingMetrics
 from coded_invnet.serving.structured_logging import configure_logging
 

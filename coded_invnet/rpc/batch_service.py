@@ -13,14 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import numpy as np
 
 from coded_invnet.proto import coded_pb2
-from coded_invnet.serving.batch_stream import BatchKey
+from coded_invnet.rpc.batch_stream import BatchKey
+from coded_invnet.rpc.grpc_errors import batch_status
+from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
 from coded_invnet.serving.config import ServingConfig
-from coded_invnet.serving.errors import InvalidInput, ServingError
-from coded_invnet.serving.grpc_errors import batch_status
+from coded_invnet.serving.errors import Cancelled, InvalidInput, ServingError
 from coded_invnet.serving.metrics import RequestTiming, ServingMetrics
 from coded_invnet.serving.onnx_model import Computed, OnnxModel, TensorSpec
 from coded_invnet.serving.streams import StreamResponder, Withdrawal
-from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 
 # input arrays by name → outputs
 Process = Callable[[dict[str, np.ndarray]], Awaitable[Computed]]
@@ -49,10 +49,10 @@ class BatchProcessor:
             arrays = arrays_from_proto(batch.tensors, max_bytes=self.max_message_bytes)
             computed = await self.process(arrays)
         except asyncio.CancelledError:
-            self.metrics.record_failure("CANCELLED", (time.perf_counter() - received) * 1e6)
+            self.metrics.record_failure(Cancelled.reason, (time.perf_counter() - received) * 1e6)
             raise
         except Exception as error:
-            reason = error.status if isinstance(error, ServingError) else "INTERNAL"
+            reason = error.reason if isinstance(error, ServingError) else ServingError.reason
             self.metrics.record_failure(reason, (time.perf_counter() - received) * 1e6)
             raise
         request_us = (time.perf_counter() - received) * 1e6

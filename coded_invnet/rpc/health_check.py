@@ -1,4 +1,4 @@
-"""Health check of the service beside it: `python -m coded_invnet.serving.health_check` exits 0 when the
+"""Health check of the service beside it: `python -m coded_invnet.rpc.health_check` exits 0 when the
 service on 127.0.0.1:CODED_PORT answers SERVING on grpc.health.v1, else 1 (a Kubernetes exec probe).
 
 It speaks the service's own TLS (CODED_TLS_CA, and CODED_TLS_CLIENT_CERT/KEY where the service requires
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coded_invnet.serving.channels import TlsOptions, create_sync_channel
+from coded_invnet.rpc.channels import TlsOptions, create_sync_channel
 from coded_invnet.serving.config import ServingConfig, load_shared_config
 from coded_invnet.serving.errors import ConfigError
 
@@ -38,7 +38,7 @@ def check(cfg: ServingConfig, service: str = "", timeout_s: float = 2.0) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m coded_invnet.serving.health_check", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m coded_invnet.rpc.health_check", description=__doc__)
     parser.add_argument("--service", default="", help="grpc.health.v1 service name (default: the server)")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
     args = parser.parse_args(argv)

@@ -11,17 +11,38 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from coded_invnet.proto import coded_pb2
-from coded_invnet.serving.errors import InvalidInput, ServingError
+from coded_invnet.serving.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    ServingError,
+    Unavailable,
+)
 
 log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error (details in the server log)"
 HEALTH_METHODS = "/grpc.health.v1.Health/"
 
 
+STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Cancelled: grpc.StatusCode.CANCELLED,
+}
+
+
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
-    """(code, message) for an error; anything that is not a ServingError is INTERNAL and logged."""
-    if isinstance(error, ServingError) and type(error) is not ServingError:
-        return grpc.StatusCode[error.status], str(error)
+    """(code, message) for an error; anything not in the table is INTERNAL and logged."""
+    for kind in type(error).__mro__:
+        if kind in STATUS_CODES:
+            return STATUS_CODES[kind], str(error)
     log.error("internal error", exc_info=error)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 
