@@ -32,13 +32,15 @@ class Query(Generic[Result]):
 
 
 class QueryQueue(Generic[Result]):
-    """FIFO of queries with a total bound (`max_size`) and a bound per client (`max_per_client`)."""
+    """Queries with a total bound (`max_size`) and a bound per client (`max_per_client`), handed out
+    round-robin across clients (each client's own in order): a client with many queries waiting does
+    not make a light client's next query wait behind all of them."""
 
     def __init__(self, max_size: int, max_per_client: int, clock: Callable[[], float]) -> None:
         self.max_size = max_size
         self.max_per_client = max_per_client
         self._clock = clock
-        self._items: deque[Query[Result]] = deque()
+        self._lines: dict[str, deque[Query[Result]]] = {}  # by client, in round-robin order
         self._live = 0
         self._by_client: Counter[str] = Counter()
         self._arrived = asyncio.Event()
@@ -75,7 +77,7 @@ class QueryQueue(Generic[Result]):
         for image in images:
             query: Query[Result] = Query(image, client, now, loop.create_future())
             query.future.add_done_callback(functools.partial(self._withdrawn, query))
-            self._items.append(query)
+            self._lines.setdefault(client, deque()).append(query)
             futures.append(query.future)
         self._live += n
         self._by_client[client] += n
@@ -101,34 +103,50 @@ class QueryQueue(Generic[Result]):
         when idle, leave at once: light load pays no batching wait."""
         while True:
             self._drop_withdrawn()
-            if not self._items:
+            if not self._lines:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            close_at = self._items[0].enqueued + max_delay_s
+            close_at = min(line[0].enqueued for line in self._lines.values()) + max_delay_s
             while busy() and self._live < max_items and (left := close_at - self._clock()) > 0:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
-            taken: list[Query[Result]] = []
-            while self._items and len(taken) < max_items:
-                query = self._items.popleft()
-                live = query.queued and not query.future.done()
-                self._release(query)
-                if live:
-                    taken.append(query)
-            if taken:
+            if taken := self._take_round_robin(max_items):
                 return taken
 
+    def _take_round_robin(self, max_items: int) -> list[Query[Result]]:
+        taken: list[Query[Result]] = []
+        while self._lines and len(taken) < max_items:
+            for client in list(self._lines):
+                line = self._lines.pop(client)
+                while line:
+                    query = line.popleft()
+                    live = query.queued and not query.future.done()
+                    self._release(query)
+                    if live:
+                        taken.append(query)
+                        break
+                if line:
+                    self._lines[client] = line  # to the back of the round
+                if len(taken) == max_items:
+                    break
+        return taken
+
     def _drop_withdrawn(self) -> None:
-        while self._items and (not self._items[0].queued or self._items[0].future.done()):
-            self._release(self._items.popleft())
+        for client in list(self._lines):
+            line = self._lines[client]
+            while line and (not line[0].queued or line[0].future.done()):
+                self._release(line.popleft())
+            if not line:
+                del self._lines[client]
 
     def refuse_all(self, message: str) -> None:
         """Fail every waiting query with Unavailable (shutdown)."""
-        while self._items:
-            query = self._items.popleft()
-            if not query.future.done():
-                query.future.set_exception(Unavailable(message))
+        for line in self._lines.values():
+            for query in line:
+                if not query.future.done():
+                    query.future.set_exception(Unavailable(message))
+        self._lines.clear()
