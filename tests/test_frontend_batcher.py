@@ -183,7 +183,9 @@ def test_replication_first_answer_wins() -> None:
 def test_all_workers_dead_fails_loudly() -> None:
     backends = LinearBackends("coded-invnet", dead={0, 1})
     with pytest.raises(Exception, match="no worker answered"):
-        asyncio.run(run_queries(backends, 4, k=2, max_batch=2))
+        asyncio.run(run_queries(backends, 4, k=2, max_batch=2, rpc_timeout_s=0.5))
+    rounds = sum(1 for call in backends.calls if call[0] == "infer") / 2  # 2 batches, 2 workers each round
+    assert 3 <= rounds <= 12  # tried again with back-off, not given up after one round nor spun on
 
 
 def test_queue_bound_refuses_instead_of_dropping() -> None:
@@ -381,3 +383,24 @@ def test_a_failed_batch_is_resent_when_the_parity_path_hangs() -> None:
     )
     assert not any(r.reconstructed for r in results)
     assert sum(r.resent_batches for r in reports) == 1
+
+
+def test_a_batch_every_worker_failed_is_tried_again_once_a_worker_is_back() -> None:
+    """Both workers down for a moment (restarting): the queries wait and are answered, not lost."""
+    backends = LinearBackends("none", dead={0, 1})
+
+    async def revive() -> None:
+        await asyncio.sleep(0.3)
+        backends.dead.clear()
+
+    async def scenario() -> tuple[np.ndarray, list, list[GroupReport]]:
+        reviving = asyncio.create_task(revive())
+        found = await run_queries(backends, 4, k=2, max_batch=2, rpc_timeout_s=5)
+        await reviving
+        return found
+
+    images, results, reports = asyncio.run(scenario())
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
+    )
+    assert sum(r.failed_batches for r in reports) == 0

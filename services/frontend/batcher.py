@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 from collections.abc import Callable
 
@@ -22,6 +23,7 @@ from services.frontend.hedge import ParityDelay
 from services.frontend.queue import Query, QueryQueue
 
 ANONYMOUS = "anonymous"
+log = logging.getLogger(__name__)
 
 
 class Batcher:
@@ -123,9 +125,15 @@ class Batcher:
         try:
             await group.run()
         except Exception as exc:  # a bug must not leave clients hanging
+            log.exception("coding group failed")
             group.fail_unanswered(Unavailable(f"coding group failed: {exc!r}"))
         finally:
             await group.close()
+        if group.report.failed_batches:
+            log.warning(
+                "queries failed: no worker answered and decoding was impossible",
+                extra={"report": group.report},
+            )
         if group.report.clean_seconds is not None:
             self.parity_delay.observe(group.report.clean_seconds)
         if self._on_group is not None:

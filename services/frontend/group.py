@@ -14,6 +14,8 @@ one; `decode_wait_ms` can give the last one a little longer); the straggling cal
 Recovery, so that nothing is lost and no group waits for a backend's 10 s deadline:
 - a failed batch is decoded when the parity lets it be, and re-sent to the next worker when it cannot
   be decoded, or when the decode has not come by the straggler deadline (the parity path may be stuck);
+- a batch that every worker failed is tried again, round after round with a growing back-off, while
+  its queries are wanted (their clients have not withdrawn them) and within the backend deadline;
 - a batch still computing at the straggler deadline is re-sent once (hedged) when it alone is late and
   cannot be decoded; several late batches mean a loaded pool, which duplicate work would only load more,
   so they are hedged only at `LATE_HEDGE_FACTOR` times the straggler deadline.
@@ -35,6 +37,8 @@ from coded_invnet.serving.errors import Unavailable
 from services.frontend.queue import Query
 
 LATE_HEDGE_FACTOR = 10
+RESEND_BACKOFF_S = 0.05
+MAX_RESEND_BACKOFF_S = 1.0
 T = TypeVar("T")
 
 
@@ -95,6 +99,10 @@ class _Batch:
     workers_tried: int = 0
     hedged: bool = False  # re-sent once because it was late
     calls: set[asyncio.Task[WorkerOutput]] = field(default_factory=set)
+    retry_at: float | None = None  # every worker failed it: the next round starts then
+
+    def withdrawn(self) -> bool:
+        return all(q.future.done() for q in self.queries)
 
 
 def _consume(task: asyncio.Task[Any]) -> None:
@@ -155,10 +163,16 @@ class CodingGroup:
                 self._infer(j)  # the copy goes to the next worker
         if self._coded:
             self._parity_call = self._spawn(self._parity_path())
-        while not self._all_answered() and (calls := self._calls()):
-            wake_at = self._next_wake_at()
+        while not self._all_answered() and not all(b.withdrawn() for b in self._batches):
+            calls, wake_at = self._calls(), self._next_wake_at()
+            if not calls and wake_at is None:
+                break  # nothing out, nothing due: what is unanswered cannot be answered
             timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
-            done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            done: set[asyncio.Task[Any]] = set()
+            if calls:
+                done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(timeout or 0.0)
             if self._clock() >= self._straggler_at:
                 self._parity_needed.set()
             for task in done:
@@ -181,7 +195,8 @@ class CodingGroup:
 
     def _next_wake_at(self) -> float | None:
         """The next deadline that may change what recovery does."""
-        times = [t for t in (self._straggler_at, self._hedge_all_at) if t > self._clock()]
+        retries = (b.retry_at for b in self._batches if b.retry_at is not None and not b.answered)
+        times = [t for t in (self._straggler_at, self._hedge_all_at, *retries) if t > self._clock()]
         if self._decodable_since is not None and self._decode_call is None:
             times.append(self._decodable_since + self._cfg.decode_wait_ms / 1000)
         return min(times) if times else None
@@ -305,9 +320,28 @@ class CodingGroup:
                 continue  # the parity that decodes it is on its way, or the pool is just loaded
             else:
                 batch.hedged = True
-            if batch.workers_tried < self._k:
-                self.report.resent_batches += 1
-                self._infer(j)
+                if batch.workers_tried >= self._k:
+                    continue  # every worker has it already
+            if not batch.calls and not self._may_resend(batch, now):
+                continue
+            self.report.resent_batches += 1
+            self._infer(j)
+
+    def _may_resend(self, batch: _Batch, now: float) -> bool:
+        """A failed batch goes to the next worker at once; once every worker failed it, the next round
+        starts after a back-off (doubling from RESEND_BACKOFF_S: workers restarting, a pod rescheduled),
+        for as long as its queries are wanted and the backend deadline allows."""
+        if now >= self._dispatched + self._cfg.rpc_timeout_s:
+            return False
+        rounds = batch.workers_tried // self._k
+        if batch.workers_tried % self._k or rounds == 0:
+            return True
+        if batch.retry_at is None:
+            batch.retry_at = now + min(RESEND_BACKOFF_S * 2 ** (rounds - 1), MAX_RESEND_BACKOFF_S)
+        if now < batch.retry_at:
+            return False
+        batch.retry_at = None
+        return True
 
     def fail_unanswered(self, error: Exception) -> None:
         for batch in self._batches:
