@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier
+from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier, read_torch_file
 from coded_invnet.data import DataError, load_dataset, read_idx
 from coded_invnet.tools import evaluate, report
 from coded_invnet.training import cli, jobs, recipe
@@ -188,3 +188,24 @@ def test_plan_builds_every_model_on_an_earlier_one() -> None:
         main, ablation = classifiers[(ds, "classifier")], classifiers[(ds, "classifier_nomixup")]
         assert main.coding_aware == ablation.coding_aware == recipe.DATASET_CODING_AWARE.get(ds, 0.0)
         assert main.mixup and not ablation.mixup
+
+
+def test_gan_encoder_resumes_with_its_critic(smoke_models: Path, tmp_path: Path) -> None:
+    """The critic and its optimiser are part of the saved state: a resumed run continues them."""
+    args = ["encoder", "--k", "2", "--loss", "gan", "--train-limit", "128", "--batch-size", "64"]
+    args += ["--base", str(smoke_models / "classifier.pt"), "--name", "encoder_gan_k2"]
+    args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
+    state_path = tmp_path / "c" / "mnist" / "encoder_gan_k2.state.pt"
+
+    def critic_steps() -> int:
+        companions = read_torch_file(state_path)["companions"]
+        assert set(companions) == {"critic", "critic_opt"}
+        return int(companions["critic_opt"]["state"][0]["step"])
+
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    after_one = critic_steps()
+    assert after_one > 0
+    assert cli.main([*args, "--epochs", "2"]) == 0
+    assert critic_steps() == 2 * after_one, "the resumed run started a fresh critic optimiser"
+    history = load_checkpoint(tmp_path / "m" / "mnist" / "encoder_gan_k2.pt", "encoder")["history"]
+    assert [h["epoch"] for h in history] == [1, 2]

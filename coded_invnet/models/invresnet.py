@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ROUND_TRIP_ATOL = 1e-4  # float32: max |x − inverse(forward(x))| with the default iteration count
+# fixed-point steps of a block's inverse; the error shrinks by Lip(f) ≤ coeff³ a step (0.729⁶⁰ ≈ 6e-9 at 0.9)
+INVERSE_ITERATIONS = 60
 
 
 @runtime_checkable
@@ -83,10 +85,14 @@ class ResidualBlock(nn.Module):
     """y = x + f(x), f = conv3x3 → ELU → conv1x1 → ELU → conv3x3, Lip(f) ≤ coeff³ < 1."""
 
     def __init__(
-        self, channels: int, hidden: int, hw: tuple[int, int], coeff: float, inverse_iterations: int = 60
+        self,
+        channels: int,
+        hidden: int,
+        hw: tuple[int, int],
+        coeff: float,
+        inverse_iterations: int = INVERSE_ITERATIONS,
     ) -> None:
         super().__init__()
-        # the fixed point converges at rate coeff³ per iteration: 60 reach 1e-7 from O(1) errors at 0.9
         self.inverse_iterations = inverse_iterations
         self.f = nn.Sequential(
             SpectralConv2d(channels, hidden, 3, hw, coeff),
@@ -97,24 +103,24 @@ class ResidualBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) → y (B, C, H, W)."""
         return x + self.f(x)
 
-    def inverse(self, y: torch.Tensor, tol: float = 1e-7) -> torch.Tensor:
-        """Fixed point of x = y − f(x); stops early once no element moves by more than ``tol``."""
-        x = y
-        for _ in range(self.inverse_iterations):
-            x_next = y - self.f(x)
-            done = (x_next - x).abs().max().item() <= tol
-            x = x_next
-            if done:
-                break
-        return x
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """Fixed point of x = y − f(x): a fixed number of steps without gradient (nothing waits on the
+        device between them), then one differentiable step, so gradients see one residual step."""
+        with torch.no_grad():
+            x = y
+            for _ in range(self.inverse_iterations - 1):
+                x = y - self.f(x)
+        return y - self.f(x)
 
 
 class Squeeze(nn.Module):
     """Invertible down-sampling: (B, C, H, W) → (B, 4C, H/2, W/2)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) → (B, 4C, H/2, W/2), exact."""
         return F.pixel_unshuffle(x, 2)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
@@ -131,7 +137,7 @@ class InvertibleResNet(nn.Module):
         blocks_per_stage: tuple[int, int],
         hidden: tuple[int, int],
         coeff: float,
-        inverse_iterations: int = 60,
+        inverse_iterations: int = INVERSE_ITERATIONS,
     ) -> None:
         super().__init__()
         c, h, w = image_shape

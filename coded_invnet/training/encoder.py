@@ -12,7 +12,17 @@ from coded_invnet import coding
 from coded_invnet.checkpoint import load_classifier
 from coded_invnet.data import Dataset
 from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
-from coded_invnet.training.loop import RunConfig, epoch_loop, tensors, train_split, val_split, write_model
+from coded_invnet.training.loop import (
+    RunConfig,
+    Stateful,
+    epoch_loop,
+    group_steps,
+    tensors,
+    train_split,
+    val_group_count,
+    val_split,
+    write_model,
+)
 from coded_invnet.training.losses import decoded_agreement, fixed_val_groups, sample_groups
 
 ENCODER_LOSSES = ("decoded+latent", "latent", "gan")
@@ -45,10 +55,9 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
     enc = FusionEncoder(spec).to(cfg.device)
     x_train, _ = tensors(train_split(data, cfg), cfg.device)
     x_val, _ = tensors(val_split(data, cfg), cfg.device)
-    val_groups = fixed_val_groups(x_val, k, 400 if cfg.train_limit else 1000, cfg.seed)
+    val_groups = fixed_val_groups(x_val, k, val_group_count(cfg), cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 17 * k)
-    bs = max(8, cfg.batch_size // k)
-    steps = max(1, len(x_train) // (bs * k))
+    bs, steps = group_steps(cfg, len(x_train), k)
     critic = Critic(base.g.latent_dim).to(cfg.device) if loss_kind == "gan" else None
     critic_opt = torch.optim.Adam(critic.parameters(), 2e-4, betas=(0.5, 0.9)) if critic else None
 
@@ -78,8 +87,10 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
     def validate() -> float:
         return decoded_agreement(base, val_groups, lambda g: base.g(enc(g)), latent=True)
 
-    extra = (lambda: {"critic": critic.state_dict()}) if critic else dict
-    best, score, history = epoch_loop(name, cfg, enc, step, steps, validate, extra)
+    companions: dict[str, Stateful] = {}
+    if critic is not None and critic_opt is not None:
+        companions = {"critic": critic, "critic_opt": critic_opt}
+    best, score, history = epoch_loop(name, cfg, enc, step, steps, validate, companions)
     return write_model(
         cfg,
         name,

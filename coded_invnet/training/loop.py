@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -35,6 +35,14 @@ class RunConfig:
     device: str
 
 
+class Stateful(Protocol):
+    """What the loop saves and restores besides the model: a critic, its optimiser."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any], /) -> Any: ...
+
+
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -46,18 +54,21 @@ def epoch_loop(
     step: Callable[[int, int], torch.Tensor],
     steps_per_epoch: int,
     validate: Callable[[], float],
-    extra_state: Callable[[], dict[str, Any]] = dict,
+    companions: dict[str, Stateful] | None = None,
     ema_decay: float | None = None,
 ) -> tuple[dict[str, Any], float, list[dict[str, float]]]:
     """Generic resumable loop over ``model``'s parameters: AdamW + cosine schedule with warm-up,
     best-on-validation selection.
 
     ``step(epoch, i)`` returns the loss of one batch; ``validate()`` returns a score (higher is better).
-    With ``ema_decay``, the weight average (WeightAverage) is what is validated and returned.
+    ``companions`` (e.g. a GAN critic and its optimiser, which ``step`` trains itself) are saved with the
+    state and restored on resume. With ``ema_decay``, the weight average (WeightAverage) is what is
+    validated and returned.
     Returns (best state_dict, best score, history).
     """
     state_path = cfg.checkpoints_dir / cfg.dataset / f"{name}.state.pt"
     params = list(model.parameters())
+    companions = companions or {}
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     total = cfg.epochs * steps_per_epoch
     warmup = min(200, total // 10)
@@ -77,6 +88,8 @@ def epoch_loop(
             average.shadow, average.updates = saved["average"], saved["average_updates"]
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
+        for key, companion in companions.items():
+            companion.load_state_dict(saved["companions"][key])
         start_epoch, best_score, best_state, history = (
             saved["epoch"],
             saved["best_score"],
@@ -122,7 +135,7 @@ def epoch_loop(
             "best_state": best_state,
             "history": history,
             **({"average": average.shadow, "average_updates": average.updates} if average else {}),
-            **extra_state(),
+            "companions": {key: companion.state_dict() for key, companion in companions.items()},
         }
         write_torch_file(state_path, state)
     assert best_state is not None, f"{name}: no epoch was run (epochs={cfg.epochs})"
@@ -150,6 +163,18 @@ def train_split(data: Dataset, cfg: RunConfig) -> Split:
 
 def val_split(data: Dataset, cfg: RunConfig) -> Split:
     return data.val.take(min(len(data.val), 2000 if cfg.train_limit else 5000))
+
+
+def val_group_count(cfg: RunConfig) -> int:
+    """How many fixed validation groups score an encoder or a ParM model."""
+    return 400 if cfg.train_limit else 1000
+
+
+def group_steps(cfg: RunConfig, n_train: int, k: int) -> tuple[int, int]:
+    """(groups per step, steps per epoch) for models trained on groups of k: about ``batch_size`` base
+    queries per step, an epoch about one pass over the training images."""
+    groups = max(8, cfg.batch_size // k)
+    return groups, max(1, n_train // (groups * k))
 
 
 @torch.no_grad()

@@ -11,7 +11,16 @@ from coded_invnet.checkpoint import load_classifier
 from coded_invnet.data import Dataset
 from coded_invnet.models.encoder import MeanEncoder
 from coded_invnet.models.parm import ParityModel
-from coded_invnet.training.loop import RunConfig, epoch_loop, tensors, train_split, val_split, write_model
+from coded_invnet.training.loop import (
+    RunConfig,
+    epoch_loop,
+    group_steps,
+    tensors,
+    train_split,
+    val_group_count,
+    val_split,
+    write_model,
+)
 from coded_invnet.training.losses import decoded_agreement, fixed_val_groups, sample_groups
 
 
@@ -26,10 +35,9 @@ def train_parm(cfg: RunConfig, data: Dataset, base_path: Path, k: int, name: str
     average = MeanEncoder()
     x_train, _ = tensors(train_split(data, cfg), cfg.device)
     x_val, _ = tensors(val_split(data, cfg), cfg.device)
-    val_groups = fixed_val_groups(x_val, k, 400 if cfg.train_limit else 1000, cfg.seed)
+    val_groups = fixed_val_groups(x_val, k, val_group_count(cfg), cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 31 * k)
-    bs = max(8, cfg.batch_size // k)  # groups per step: k·bs base queries make the targets
-    steps = max(1, len(x_train) // (bs * k))
+    bs, steps = group_steps(cfg, len(x_train), k)  # k·bs base queries make one step's targets
 
     def step(epoch: int, i: int) -> torch.Tensor:
         groups = sample_groups(x_train, k, bs, gen)  # (B, k, C, H, W)
