@@ -10,6 +10,7 @@ the best epoch on the validation split is what gets written to ``models/``.
     python -m coded_invnet.training all            # every shipped model that is missing
 
 Modules: ``recipe`` (what each shipped model is trained with), ``loop`` (the resumable epoch loop),
-``average`` (weight average), ``augment``, ``losses``, one module per model kind (``classifier``,
-``encoder``, ``parm``), ``jobs`` (the shipped set in dependency order) and ``cli``.
+``average`` (weight average), ``augment``, ``losses``, ``groups`` (what encoders and ParM train on),
+one module per model kind (``classifier``, ``encoder``, ``parm``), ``jobs`` (the shipped set in
+dependency order) and ``cli``.
 """

@@ -13,6 +13,7 @@ from coded_invnet.coding import SHIPPED_KS
 from coded_invnet.data import Dataset
 from coded_invnet.models.classifier import ClassifierSpec, InvNetClassifier
 from coded_invnet.training.augment import ShuffledBatches
+from coded_invnet.training.groups import fixed_val_groups
 from coded_invnet.training.loop import (
     RunConfig,
     epoch_loop,
@@ -25,7 +26,6 @@ from coded_invnet.training.loop import (
 from coded_invnet.training.losses import (
     classification_loss,
     decoded_agreement,
-    fixed_val_groups,
     pixel_mean_decoding_loss,
 )
 from coded_invnet.training.recipe import WEIGHT_AVERAGE_DECAY, augment_for

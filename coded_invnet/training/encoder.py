@@ -9,21 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from coded_invnet import coding
-from coded_invnet.checkpoint import load_classifier
 from coded_invnet.data import Dataset
 from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
-from coded_invnet.training.loop import (
-    RunConfig,
-    Stateful,
-    epoch_loop,
-    group_steps,
-    tensors,
-    train_split,
-    val_group_count,
-    val_split,
-    write_model,
-)
-from coded_invnet.training.losses import decoded_agreement, fixed_val_groups, sample_groups
+from coded_invnet.training.groups import group_training
+from coded_invnet.training.loop import RunConfig, Stateful, epoch_loop, write_model
+from coded_invnet.training.losses import decoded_agreement
 
 ENCODER_LOSSES = ("decoded+latent", "latent", "gan")
 GAN_WEIGHT = 0.01  # weight of the critic's term in the 'gan' loss
@@ -50,19 +40,15 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
     """
     assert loss_kind in ENCODER_LOSSES, f"loss must be one of {ENCODER_LOSSES}"
     torch.manual_seed(cfg.seed + k)
-    base = load_classifier(base_path).to(cfg.device).requires_grad_(False)
+    run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k)
+    base, bs = run.base, run.groups_per_step
     spec = EncoderSpec(image_shape=base.spec.image_shape, k=k)
     enc = FusionEncoder(spec).to(cfg.device)
-    x_train, _ = tensors(train_split(data, cfg), cfg.device)
-    x_val, _ = tensors(val_split(data, cfg), cfg.device)
-    val_groups = fixed_val_groups(x_val, k, val_group_count(cfg), cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + 17 * k)
-    bs, steps = group_steps(cfg, len(x_train), k)
     critic = Critic(base.g.latent_dim).to(cfg.device) if loss_kind == "gan" else None
     critic_opt = torch.optim.Adam(critic.parameters(), 2e-4, betas=(0.5, 0.9)) if critic else None
 
     def step(epoch: int, i: int) -> torch.Tensor:
-        groups = sample_groups(x_train, k, bs, gen)  # (B, k, C, H, W)
+        groups = run.sample()  # (B, k, C, H, W)
         with torch.no_grad():
             logits, z = base(groups.flatten(0, 1))  # (B·k, classes), (B·k, D)
             z = z.reshape(bs, k, -1)  # (B, k, D)
@@ -85,12 +71,12 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
         return loss
 
     def validate() -> float:
-        return decoded_agreement(base, val_groups, lambda g: base.g(enc(g)), latent=True)
+        return decoded_agreement(base, run.val_groups, lambda g: base.g(enc(g)), latent=True)
 
     companions: dict[str, Stateful] = {}
     if critic is not None and critic_opt is not None:
         companions = {"critic": critic, "critic_opt": critic_opt}
-    best, score, history = epoch_loop(name, cfg, enc, step, steps, validate, companions)
+    best, score, history = epoch_loop(name, cfg, enc, step, run.steps, validate, companions)
     return write_model(
         cfg,
         name,

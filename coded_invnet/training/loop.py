@@ -165,18 +165,6 @@ def val_split(data: Dataset, cfg: RunConfig) -> Split:
     return data.val.take(min(len(data.val), 2000 if cfg.train_limit else 5000))
 
 
-def val_group_count(cfg: RunConfig) -> int:
-    """How many fixed validation groups score an encoder or a ParM model."""
-    return 400 if cfg.train_limit else 1000
-
-
-def group_steps(cfg: RunConfig, n_train: int, k: int) -> tuple[int, int]:
-    """(groups per step, steps per epoch) for models trained on groups of k: about ``batch_size`` base
-    queries per step, an epoch about one pass over the training images."""
-    groups = max(8, cfg.batch_size // k)
-    return groups, max(1, n_train // (groups * k))
-
-
 @torch.no_grad()
 def predict(
     model: InvNetClassifier, images: torch.Tensor, batch: int = 1000

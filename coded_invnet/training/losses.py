@@ -43,17 +43,6 @@ def pixel_mean_decoding_loss(
     return F.cross_entropy(model.h(decoded).flatten(0, 1), target.flatten())
 
 
-def sample_groups(x: torch.Tensor, k: int, batch: int, gen: torch.Generator) -> torch.Tensor:
-    """(batch, k, C, H, W) groups of k training images drawn at random."""
-    idx = torch.randint(0, len(x), (batch, k), generator=gen, device="cpu").to(x.device)
-    return x[idx]
-
-
-def fixed_val_groups(x: torch.Tensor, k: int, count: int, seed: int) -> torch.Tensor:
-    """The same ``count`` validation groups (count, k, C, H, W) at every epoch."""
-    return sample_groups(x, k, count, torch.Generator().manual_seed(seed))
-
-
 @torch.no_grad()
 def decoded_agreement(
     base: InvNetClassifier,

@@ -7,21 +7,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from coded_invnet.checkpoint import load_classifier
 from coded_invnet.data import Dataset
 from coded_invnet.models.encoder import MeanEncoder
 from coded_invnet.models.parm import ParityModel
-from coded_invnet.training.loop import (
-    RunConfig,
-    epoch_loop,
-    group_steps,
-    tensors,
-    train_split,
-    val_group_count,
-    val_split,
-    write_model,
-)
-from coded_invnet.training.losses import decoded_agreement, fixed_val_groups, sample_groups
+from coded_invnet.training.groups import group_training
+from coded_invnet.training.loop import RunConfig, epoch_loop, write_model
+from coded_invnet.training.losses import decoded_agreement
 
 
 def train_parm(cfg: RunConfig, data: Dataset, base_path: Path, k: int, name: str) -> Path:
@@ -29,26 +20,22 @@ def train_parm(cfg: RunConfig, data: Dataset, base_path: Path, k: int, name: str
     trained so that P(mean x) ≈ mean_i f(x_i) in logit space (MSE), decoded by subtraction. Initialised
     from the base model's weights."""
     torch.manual_seed(cfg.seed + 100 + k)
-    base = load_classifier(base_path).to(cfg.device).requires_grad_(False)
+    run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 31 * k)
+    base, bs = run.base, run.groups_per_step
     parity = ParityModel(base.spec).to(cfg.device)
     parity.net.load_state_dict(base.state_dict())
     average = MeanEncoder()
-    x_train, _ = tensors(train_split(data, cfg), cfg.device)
-    x_val, _ = tensors(val_split(data, cfg), cfg.device)
-    val_groups = fixed_val_groups(x_val, k, val_group_count(cfg), cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + 31 * k)
-    bs, steps = group_steps(cfg, len(x_train), k)  # k·bs base queries make one step's targets
 
     def step(epoch: int, i: int) -> torch.Tensor:
-        groups = sample_groups(x_train, k, bs, gen)  # (B, k, C, H, W)
+        groups = run.sample()  # (B, k, C, H, W)
         with torch.no_grad():
             target = base(groups.flatten(0, 1))[0].reshape(bs, k, -1).mean(1)  # (B, classes)
         return F.mse_loss(parity(average(groups)), target)
 
     def validate() -> float:
-        return decoded_agreement(base, val_groups, lambda g: parity(average(g)), latent=False)
+        return decoded_agreement(base, run.val_groups, lambda g: parity(average(g)), latent=False)
 
-    best, score, history = epoch_loop(name, cfg, parity, step, steps, validate)
+    best, score, history = epoch_loop(name, cfg, parity, step, run.steps, validate)
     return write_model(
         cfg,
         name,
