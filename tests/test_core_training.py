@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,3 +211,14 @@ def test_gan_encoder_resumes_with_its_critic(smoke_models: Path, tmp_path: Path)
     assert critic_steps() == 2 * after_one, "the resumed run started a fresh critic optimiser"
     history = load_checkpoint(tmp_path / "m" / "mnist" / "encoder_gan_k2.pt", "encoder")["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_training_runs_as_a_module() -> None:
+    """`python -m coded_invnet.training` (what `make train` runs) is the command line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "coded_invnet.training", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m coded_invnet.training")
+    assert "{base,encoder,parm,all}" in done.stdout
+    assert "coded_invnet.training all" in (REPO / "Makefile").read_text()
