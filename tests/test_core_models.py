@@ -36,6 +36,7 @@ from coded_invnet.models.invresnet import (
     Squeeze,
 )
 from coded_invnet.tools.export import export_dataset
+from coded_invnet.training.recipe import base_spec
 
 AnyModule = TypeVar("AnyModule", bound=torch.nn.Module)
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -256,6 +257,7 @@ def test_spec_defaults_are_the_shipped_model(dataset: str) -> None:
         assert ClassifierSpec.from_json(stored["spec"]) == expected, name
     manifest = json.loads((MODELS / dataset / "manifest.json").read_text())
     assert ClassifierSpec.from_json(manifest["classifier_spec"]) == expected
+    assert base_spec(dataset) == expected, "what `make train` builds is the shipped model"
 
 
 class _RunsCodeWhenUnpickled:
