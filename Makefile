@@ -57,7 +57,7 @@ test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow"
 
 train: setup
-	$(PY) -m coded_invnet.train all
+	$(PY) -m coded_invnet.training all
 
 eval: setup
 	$(PY) -m coded_invnet.tools.evaluate --out results/accuracy.json

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # the serving image has no torch: these functions need only n
     import torch
 
 CODING_MODES = ("none", "replication", "parm", "coded-invnet")
+SHIPPED_KS = (2, 4, 10)  # the group sizes the shipped encoders and ParM models are trained and evaluated for
 
 Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
@@ -38,18 +39,6 @@ def decode_missing(parity: Array, available: Array, k: int) -> Array:
             f"got {tuple(available.shape)}"
         )
     return k * parity - available.sum(0)
-
-
-def decode_group(parity: Array, outputs: Array, missing: int) -> Array:
-    """Reconstruct member ``missing`` from the parity and the full (k, B, D) stack of outputs.
-
-    The row ``outputs[missing]`` is ignored (it is what we recover); convenient for evaluation where
-    every position in turn is the missing one.
-    """
-    k = outputs.shape[0]
-    if not 0 <= missing < k:
-        raise CodingError(f"missing index {missing} out of range for k={k}")
-    return k * parity - (outputs.sum(0) - outputs[missing])
 
 
 def decode_all(parity: Array, outputs: Array) -> Array:

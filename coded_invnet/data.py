@@ -16,13 +16,18 @@ import gzip
 import os
 import pickle
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10")
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}  # (C, H, W)
+DATASETS = tuple(IMAGE_SHAPES)  # every data set the loaders read
+SHIPPED_DATASETS = ("mnist", "fashion-mnist")  # the data sets models/ holds models for
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 VALIDATION_SIZE = 10_000
 
@@ -54,12 +59,6 @@ class Split:
 
     def take(self, n: int) -> Split:
         return Split(self.images[:n], self.labels[:n])
-
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[Split]:
-        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            idx = order[start : start + batch_size]
-            yield Split(self.images[idx], self.labels[idx])
 
 
 @dataclass(frozen=True)

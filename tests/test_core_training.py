@@ -5,16 +5,19 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from coded_invnet import train
-from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier
+from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier, read_torch_file
 from coded_invnet.data import DataError, load_dataset, read_idx
-from coded_invnet.tools import evaluate
+from coded_invnet.tools import evaluate, report
+from coded_invnet.training import cli, jobs, recipe
+from coded_invnet.training.average import WeightAverage
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,8 +36,8 @@ def test_smoke_training_writes_loadable_models(smoke_models: Path) -> None:
 def test_training_resumes_from_its_state(tmp_path: Path) -> None:
     args = ["base", "--dataset", "mnist", "--train-limit", "128", "--batch-size", "64"]
     args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
-    assert train.main([*args, "--epochs", "1"]) == 0
-    assert train.main([*args, "--epochs", "2"]) == 0  # picks up after epoch 1
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    assert cli.main([*args, "--epochs", "2"]) == 0  # picks up after epoch 1
     history = load_checkpoint(tmp_path / "m" / "mnist" / "classifier.pt", "classifier")["history"]
     assert [h["epoch"] for h in history] == [1, 2]
 
@@ -48,7 +51,7 @@ def test_training_resumes_from_its_state(tmp_path: Path) -> None:
     ],
 )
 def test_training_cli_bad_input(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert train.main(argv) == 2
+    assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 
 
@@ -84,7 +87,7 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
     assert by_method[("coded-invnet", 2)]["recovery_accuracy"] > 0.5
     assert ("parm", 2) in by_method
     assert (tmp_path / "p.png").stat().st_size > 0
-    assert evaluate.TABLE_BEGIN in (tmp_path / "R.md").read_text()
+    assert report.TABLE_BEGIN in (tmp_path / "R.md").read_text()
 
 
 def test_evaluate_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -98,7 +101,7 @@ def test_shipped_results_match_the_doc() -> None:
     results = REPO / "results" / "accuracy.json"
     if not results.is_file():
         pytest.skip("no results/accuracy.json yet")
-    table = evaluate.accuracy_table(json.loads(results.read_text()))
+    table = report.accuracy_table(json.loads(results.read_text()))
     assert table in (REPO / "docs" / "RESULTS.md").read_text()
 
 
@@ -146,28 +149,9 @@ def test_standard_data_sets_load() -> None:
         assert data.image_shape == (1, 28, 28) and set(np.unique(data.test.labels)) == set(range(10))
 
 
-def test_coding_aware_fine_tuning_runs(smoke_models: Path, tmp_path: Path) -> None:
-    args = [
-        "coding-aware",
-        "--dataset",
-        "mnist",
-        "--epochs",
-        "1",
-        "--train-limit",
-        "128",
-        "--batch-size",
-        "64",
-    ]
-    args += ["--base", str(smoke_models / "classifier.pt"), "--name", "tuned"]
-    args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
-    assert train.main(args) == 0
-    ckpt = load_checkpoint(tmp_path / "m" / "mnist" / "tuned.pt", "classifier")
-    assert ckpt["coding_aware"] == 1.0 and ckpt["base"] == "classifier.pt"
-
-
 def test_weight_average_follows_the_model_and_swaps_back() -> None:
     model = torch.nn.Linear(2, 1)
-    average = train.WeightAverage(model, decay=0.5)
+    average = WeightAverage(model, decay=0.5)
     start = model.weight.detach().clone()
     with torch.no_grad():
         model.weight.add_(1.0)
@@ -186,23 +170,55 @@ def test_jointly_coding_aware_base_records_its_weight(tmp_path: Path) -> None:
     args = ["base", "--dataset", "mnist", "--epochs", "1", "--train-limit", "128", "--batch-size", "64"]
     args += ["--coding-aware", "0.5", "--mixup-share", "0.5", "--shift", "1"]
     args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
-    assert train.main(args) == 0
+    assert cli.main(args) == 0
     ckpt = load_checkpoint(tmp_path / "m" / "mnist" / "classifier.pt", "classifier")
     assert ckpt["coding_aware"] == 0.5 and ckpt["mixup"] == 0.5 and tuple(ckpt["augment"]) == (1, False)
     assert 0.0 < ckpt["val_score"] <= 1.0
 
 
 def test_plan_builds_every_model_on_an_earlier_one() -> None:
-    jobs = train.plan(("mnist", "fashion-mnist"), ablations=True)
+    planned = jobs.plan(("mnist", "fashion-mnist"), ablations=True)
     made: set[tuple[str, str]] = set()
-    for job in jobs:
+    for job in planned:
         if job.kind != "base":
             assert (job.dataset, job.base) in made, f"{job.name} needs {job.base} first"
         made.add((job.dataset, job.name))
     names = {name for _, name in made}
     assert {"classifier", "encoder_k10", "parm_k10", "encoder_gan_k2", "classifier_nomixup"} <= names
-    classifiers = {(job.dataset, job.name): job for job in jobs if job.kind == "base"}
+    classifiers = {(job.dataset, job.name): job for job in planned if job.kind == "base"}
     for ds in ("mnist", "fashion-mnist"):  # an ablation differs from the main model in mixup alone
         main, ablation = classifiers[(ds, "classifier")], classifiers[(ds, "classifier_nomixup")]
-        assert main.coding_aware == ablation.coding_aware == train.DATASET_CODING_AWARE.get(ds, 0.0)
+        assert main.coding_aware == ablation.coding_aware == recipe.DATASET_CODING_AWARE.get(ds, 0.0)
         assert main.mixup and not ablation.mixup
+
+
+def test_gan_encoder_resumes_with_its_critic(smoke_models: Path, tmp_path: Path) -> None:
+    """The critic and its optimiser are part of the saved state: a resumed run continues them."""
+    args = ["encoder", "--k", "2", "--loss", "gan", "--train-limit", "128", "--batch-size", "64"]
+    args += ["--base", str(smoke_models / "classifier.pt"), "--name", "encoder_gan_k2"]
+    args += ["--models-dir", str(tmp_path / "m"), "--checkpoints-dir", str(tmp_path / "c")]
+    state_path = tmp_path / "c" / "mnist" / "encoder_gan_k2.state.pt"
+
+    def critic_steps() -> int:
+        companions = read_torch_file(state_path)["companions"]
+        assert set(companions) == {"critic", "critic_opt"}
+        return int(companions["critic_opt"]["state"][0]["step"])
+
+    assert cli.main([*args, "--epochs", "1"]) == 0
+    after_one = critic_steps()
+    assert after_one > 0
+    assert cli.main([*args, "--epochs", "2"]) == 0
+    assert critic_steps() == 2 * after_one, "the resumed run started a fresh critic optimiser"
+    history = load_checkpoint(tmp_path / "m" / "mnist" / "encoder_gan_k2.pt", "encoder")["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_training_runs_as_a_module() -> None:
+    """`python -m coded_invnet.training` (what `make train` runs) is the command line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "coded_invnet.training", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m coded_invnet.training")
+    assert "{base,encoder,parm,all}" in done.stdout
+    assert "coded_invnet.training all" in (REPO / "Makefile").read_text()

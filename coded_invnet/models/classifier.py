@@ -14,11 +14,13 @@ from coded_invnet.models.spec import JsonSpec
 
 @dataclass(frozen=True)
 class ClassifierSpec(JsonSpec):
+    """The defaults are the shipped model (models/*/classifier.pt, manifest.json's classifier_spec)."""
+
     image_shape: tuple[int, int, int] = (1, 28, 28)
     blocks_per_stage: tuple[int, int] = (4, 4)
-    hidden: tuple[int, int] = (32, 64)
-    coeff: float = 0.9
-    head_hidden: int = 128
+    hidden: tuple[int, int] = (32, 64)  # residual-branch widths of g's two stages
+    coeff: float = 0.9  # spectral-norm coefficient of every conv in g (both data sets)
+    head_hidden: int = 256
     num_classes: int = 10
 
 

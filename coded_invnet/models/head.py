@@ -8,7 +8,7 @@ from torch import nn
 
 
 class Head(nn.Module):
-    def __init__(self, latent_dim: int = 784, hidden: int = 128, num_classes: int = 10) -> None:
+    def __init__(self, latent_dim: int, hidden: int, num_classes: int) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ELU(), nn.Linear(hidden, num_classes))

@@ -1,5 +1,6 @@
 """ParM parity model (Kosaian et al., SOSP 2019): same architecture as the base classifier, applied to
-the averaging encoder's output; trained so its logits ≈ the mean of the k base logits."""
+the averaging encoder's output (models.encoder.MeanEncoder); trained so its logits ≈ the mean of the k
+base logits."""
 
 from __future__ import annotations
 
@@ -7,15 +8,12 @@ import torch
 from torch import nn
 
 from coded_invnet.models.classifier import ClassifierSpec, InvNetClassifier
-from coded_invnet.models.encoder import MeanEncoder
 
 
 class ParityModel(nn.Module):
-    def __init__(self, spec: ClassifierSpec, k: int) -> None:
+    def __init__(self, spec: ClassifierSpec) -> None:
         super().__init__()
-        self.k = k
         self.net = InvNetClassifier(spec)
-        self.encode = MeanEncoder()
 
     def forward(self, x_parity: torch.Tensor) -> torch.Tensor:
         """x_parity (B, C, H, W) → parity logits (B, classes)."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any, Self
+from dataclasses import Field, asdict
+from typing import Any, ClassVar, Self
 
 
 class JsonSpec:
+    """Base of the frozen spec dataclasses (ClassifierSpec, EncoderSpec)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]  # set by @dataclass on every subclass
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        return asdict(self)
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Self:

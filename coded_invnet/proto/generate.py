@@ -3,7 +3,13 @@
 `python -m coded_invnet.proto.generate` writes them; `--check` regenerates into a temporary folder and
 fails with a diff when the committed files differ. The .proto files are staged under
 coded_invnet/proto/ in a temporary include root, so protoc itself writes package-qualified imports
-(`from coded_invnet.proto import inference_pb2`): no post-editing of generated code.
+(`from coded_invnet.proto import inference_pb2`).
+
+One post-edit: inference_pb2.py registers its messages in a descriptor pool of its own instead of
+protobuf's default pool. tritonclient.grpc registers the same names (package `inference`, the Open
+Inference Protocol) in the default pool, and a pool refuses a name twice, so without this a process
+could not import both. Names, field numbers and the gRPC method paths (`/inference.GRPCInferenceService/
+ModelInfer`, ...) are unchanged: on the wire nothing differs.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ REPO_ROOT = PACKAGE_DIR.parent.parent
 PROTO_DIR = REPO_ROOT / "protos"
 PACKAGE_PATH = Path("coded_invnet") / "proto"
 GENERATED_PATTERNS = ("*_pb2.py", "*_pb2.pyi", "*_pb2_grpc.py", "*_pb2_grpc.pyi")
+PRIVATE_POOL_MODULES = ("inference_pb2.py",)  # messages that tritonclient also defines
+DEFAULT_POOL_CALL = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+PRIVATE_POOL_CALL = (
+    "# generate.py: a pool of our own, so that tritonclient's `inference` package can live beside it\n"
+    "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
+)
 
 
 def _plugin(name: str) -> str:
@@ -55,17 +67,28 @@ def generate_into(out_root: Path) -> Path:
         ]
         if protoc.main(args) != 0:
             raise SystemExit(f"protoc failed: {' '.join(args)}")
+    for name in PRIVATE_POOL_MODULES:
+        into_private_pool(out_root / PACKAGE_PATH / name)
     return out_root / PACKAGE_PATH
+
+
+def into_private_pool(module: Path) -> None:
+    """Make the generated ``module`` register its file in a new descriptor pool, not the default one."""
+    text = module.read_text()
+    if text.count(DEFAULT_POOL_CALL) != 1:
+        raise SystemExit(f"{module.name}: protoc's output no longer has one `{DEFAULT_POOL_CALL}` line")
+    module.write_text(text.replace(DEFAULT_POOL_CALL, PRIVATE_POOL_CALL))
 
 
 def generated_files(folder: Path) -> dict[str, str]:
     return {p.name: p.read_text() for pattern in GENERATED_PATTERNS for p in sorted(folder.glob(pattern))}
 
 
-def check() -> int:
+def check(committed_dir: Path = PACKAGE_DIR) -> int:
+    """0 when the stubs in ``committed_dir`` are what protos/ generates now, else 1 with a diff."""
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generated_files(generate_into(Path(tmp)))
-    committed = generated_files(PACKAGE_DIR)
+    committed = generated_files(committed_dir)
     diff = [
         line
         for name in sorted(fresh.keys() | committed.keys())

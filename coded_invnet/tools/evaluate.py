@@ -15,7 +15,6 @@ docs/accuracy_vs_k.png, and the table between the markers in docs/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,18 +27,24 @@ import torch
 from tqdm import tqdm
 
 from coded_invnet import coding
-from coded_invnet.checkpoint import ModelFileError, load_classifier, write_json
-from coded_invnet.data import DataError, Dataset, load_dataset
+from coded_invnet.checkpoint import ModelFileError, load_classifier, load_encoder, load_parm, write_json
+from coded_invnet.coding import SHIPPED_KS
+from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, Dataset, load_dataset
 from coded_invnet.flops import count_macs
 from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import FusionEncoder, MeanEncoder
 from coded_invnet.models.parm import ParityModel
-from coded_invnet.tools.export import load_encoder, load_parm
-from coded_invnet.train import KS
-
-DATASETS = ("mnist", "fashion-mnist")
-TABLE_BEGIN, TABLE_END = "<!-- accuracy-table:begin -->", "<!-- accuracy-table:end -->"
-OVERHEAD_BEGIN, OVERHEAD_END = "<!-- overhead-table:begin -->", "<!-- overhead-table:end -->"
+from coded_invnet.tools.report import (
+    OVERHEAD_BEGIN,
+    OVERHEAD_END,
+    TABLE_BEGIN,
+    TABLE_END,
+    accuracy_table,
+    overhead_table,
+    plot,
+    record_metrics,
+    replace_block,
+)
 
 # method name → (base classifier file, how the parity is made)
 CODED_METHODS: dict[str, tuple[str, str]] = {
@@ -95,7 +100,8 @@ def parity_for(
 
 
 def parm_parity(parm: ParityModel) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda groups: parm(parm.encode(groups))
+    average = MeanEncoder()  # ParM's encoder
+    return lambda groups: parm(average(groups))
 
 
 def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[dict[str, Any]]:
@@ -135,7 +141,7 @@ def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[
             }
         )
 
-    jobs = [(k, m) for k in KS for m in ("none", "parm", *CODED_METHODS)]
+    jobs = [(k, m) for k in SHIPPED_KS for m in ("none", "parm", *CODED_METHODS)]
     for k, method in tqdm(jobs, desc=f"evaluate {data.name}", leave=False):
         groups = groups_of(len(test), k)
         if method == "none":
@@ -191,7 +197,7 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
     worker_us = time_onnx(model_dir / "worker.onnx", np.random.rand(batch, *shape).astype(np.float32))
     head_us = time_onnx(model_dir / "head.onnx", np.random.rand(batch, base.g.latent_dim).astype(np.float32))
     per_k = []
-    for k in KS:
+    for k in SHIPPED_KS:
         path = model_dir / f"encoder_k{k}.pt"
         if not path.is_file():
             continue
@@ -221,100 +227,13 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
     }
 
 
-def plot(records: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = sorted({r["dataset"] for r in records})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.8), squeeze=False)
-    for ax, ds in zip(axes[0], datasets, strict=True):
-        for method, style in (("coded-invnet", "o-"), ("parm", "s--"), ("coded-invnet-pixel-mean", "^:")):
-            rows = sorted(
-                (r for r in records if r["dataset"] == ds and r["method"] == method), key=lambda r: r["k"]
-            )
-            if rows:
-                ax.plot([r["k"] for r in rows], [r["degraded_accuracy"] for r in rows], style, label=method)
-        normal = next(
-            (r["normal_accuracy"] for r in records if r["dataset"] == ds and r["method"] == "none"), None
-        )
-        if normal is not None:
-            ax.axhline(normal, color="grey", lw=0.8, ls=":", label="base model (no fault)")
-        ax.set(title=ds, xlabel="k (data workers per parity)", ylabel="degraded accuracy", xticks=list(KS))
-        ax.set_ylim(0, 1.0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def accuracy_table(records: list[dict[str, Any]]) -> str:
-    lines = [
-        "| data set | k | method | normal | degraded | recovery | queries |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in records:
-        lines.append(
-            f"| {r['dataset']} | {r['k']} | {r['method']} | {r['normal_accuracy']:.4f} | "
-            f"{r['degraded_accuracy']:.4f} | {r['recovery_accuracy']:.4f} | {r['n_queries']} |"
-        )
-    return "\n".join(lines)
-
-
-def overhead_table(overheads: list[dict[str, Any]]) -> str:
-    lines = [
-        "| data set | k | worker MACs/query | F_k MACs/group | F_k in worker queries | extra compute (MACs) "
-        "| worker µs/query | F_k µs/group | extra compute (measured) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for o in overheads:
-        for p in o["per_k"]:
-            cells = [
-                o["dataset"],
-                p["k"],
-                f"{o['worker_macs_per_query']:,}",
-                f"{p['encoder_macs_per_group']:,}",
-                f"{p['encoder_in_worker_queries']:.2f}",
-                f"{p['extra_compute_macs']:.1%}",
-                o["worker_us_per_query"],
-                p["encoder_us_per_group"],
-                f"{p['extra_compute_measured']:.1%}",
-            ]
-            lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines)
-
-
-def replace_block(path: Path, begin: str, end: str, body: str, command: str) -> None:
-    """Rewrite the text between the markers in ``path`` (the doc quotes exactly what the command produced)."""
-    text = path.read_text() if path.is_file() else ""
-    block = f"{begin}\nProduced by `{command}`:\n\n{body}\n{end}"
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        text = head + block + rest.split(end, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
-def record_metrics(manifest_path: Path, records: list[dict[str, Any]], command: str) -> None:
-    """Put the evaluation figures into the data set's model manifest (made by `make export`)."""
-    if not manifest_path.is_file():
-        return
-    manifest = json.loads(manifest_path.read_text())
-    manifest["metrics"] = {"command": command, "records": records}
-    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m coded_invnet.tools.evaluate", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--out", default="results/accuracy.json")
     parser.add_argument("--overhead-out", default="results/overhead.json")
-    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--datasets", default=",".join(SHIPPED_DATASETS))
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images only")
     parser.add_argument("--plot", default="docs/accuracy_vs_k.png")

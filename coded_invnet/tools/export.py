@@ -19,22 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier
-from coded_invnet.models.classifier import ClassifierSpec, InvNetClassifier
-from coded_invnet.models.encoder import EncoderSpec, FusionEncoder, MeanEncoder
+from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier, load_encoder, load_parm
+from coded_invnet.models.encoder import MeanEncoder
 from coded_invnet.models.invresnet import to_plain
-from coded_invnet.models.parm import ParityModel
 
 OPSET = 17
-
-
-class _WorkerGraph(nn.Module):
-    def __init__(self, model: InvNetClassifier) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model(x)
 
 
 def export_module(
@@ -59,20 +48,6 @@ def export_module(
     return path
 
 
-def load_encoder(path: Path) -> FusionEncoder:
-    ckpt = load_checkpoint(path, "encoder")
-    enc = FusionEncoder(EncoderSpec.from_json(ckpt["spec"]))
-    enc.load_state_dict(ckpt["state"])
-    return enc.eval()
-
-
-def load_parm(path: Path) -> ParityModel:
-    ckpt = load_checkpoint(path, "parm")
-    model = ParityModel(ClassifierSpec.from_json(ckpt["spec"]), int(ckpt["k"]))
-    model.load_state_dict(ckpt["state"])
-    return model.eval()
-
-
 def export_dataset(model_dir: Path) -> dict[str, Any]:
     """Export every checkpoint found in ``model_dir`` and (re)write its manifest.json."""
     classifier_pt = model_dir / "classifier.pt"
@@ -90,7 +65,7 @@ def export_dataset(model_dir: Path) -> dict[str, Any]:
             **extra,
         }
 
-    export_module(_WorkerGraph(base), x1, model_dir / "worker.onnx", "x", ["logits", "z"])
+    export_module(base, x1, model_dir / "worker.onnx", "x", ["logits", "z"])
     record(model_dir / "worker.onnx", classifier_pt, kind="classifier")
     export_module(base.h, torch.rand(2, base.g.latent_dim), model_dir / "head.onnx", "z", ["logits"])
     record(model_dir / "head.onnx", classifier_pt, kind="classifier")
