@@ -48,7 +48,7 @@ lint: $(STAMP)/venv
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(STAMP)/venv
-	$(VENV)/bin/mypy coded_invnet services loadtest
+	$(VENV)/bin/mypy coded_invnet services loadtest tests
 
 test: setup lint typecheck
 	$(VENV)/bin/pytest -q

@@ -6,10 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from frontend_helpers import LENIENT_STRAGGLER_TIMEOUT_MS, SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE
-from serving_models import K, model_dir_for
+from helpers import LENIENT_STRAGGLER_TIMEOUT_MS, SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE, K, model_dir_for
 
 from coded_invnet.tools.launcher import System, launch
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under tests/system/ runs whole systems of processes: slow (`make test-fast` skips it)."""
+    for item in items:
+        if "system" in item.path.parts:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

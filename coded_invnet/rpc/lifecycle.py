@@ -70,14 +70,14 @@ class ServiceHost:
             raise ConfigError(f"CODED_HOST/CODED_PORT {address}: cannot bind ({error}){hint}") from None
         self.metrics_port: int | None = None
         self._warm_up: asyncio.Task[None] | None = None
-        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._cleanups: list[Callable[[], Awaitable[object]]] = []
         self._stopped = False
 
-    def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+    def add_cleanup(self, cleanup: Callable[[], Awaitable[object]]) -> None:
         """Run `cleanup()` on stop, after the server stopped answering (last added, first run)."""
         self._cleanups.append(cleanup)
 
-    async def start(self, warm_up: Callable[[], Awaitable[None]]) -> None:
+    async def start(self, warm_up: Callable[[], Awaitable[object]]) -> None:
         """Start answering at once (NOT_SERVING); flip to SERVING once `warm_up()` is done."""
         for name in self.service_names:
             await self.health.set(name, NOT_SERVING)
@@ -90,7 +90,7 @@ class ServiceHost:
         )
         self._warm_up = asyncio.create_task(self._warm_up_then_serve(warm_up), name="warm-up")
 
-    async def _warm_up_then_serve(self, warm_up: Callable[[], Awaitable[None]]) -> None:
+    async def _warm_up_then_serve(self, warm_up: Callable[[], Awaitable[object]]) -> None:
         try:
             await warm_up()
         except Exception:

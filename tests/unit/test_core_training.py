@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO_ROOT
 
 from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier, read_torch_file
 from coded_invnet.data import DataError, load_dataset, read_idx
@@ -19,7 +20,7 @@ from coded_invnet.tools import evaluate, report
 from coded_invnet.training import cli, jobs, recipe
 from coded_invnet.training.average import WeightAverage
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 
 def test_smoke_training_writes_loadable_models(smoke_models: Path) -> None:

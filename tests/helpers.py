@@ -1,4 +1,4 @@
-"""Models and helpers for the service tests.
+"""Models and helpers shared by the tests (the shared fixtures live in conftest.py).
 
 `model_dir(k)` is models/mnist when the trained models are committed, else a folder of small
 random-weight ONNX files with the same I/O contract (docs/CONTRACTS.md), exported once per session.
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnxruntime as ort
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.proto import coded_pb2
@@ -120,7 +121,7 @@ async def running(
         await wait_serving(channel)
         yield channel
     finally:
-        await channel.close()
+        await channel.close(None)
         await host.stop()
 
 
@@ -136,3 +137,20 @@ def outputs(result: coded_pb2.BatchResult) -> dict[str, np.ndarray]:
 def images(n: int, seed: int = 0, k: int | None = None) -> np.ndarray:
     shape = (n, *IMAGE) if k is None else (n, k, *IMAGE)
     return np.random.default_rng(seed).random(shape, dtype=np.float32)
+
+
+# The frontend's limits in the shared system, small enough that the bad-input tests can exceed them.
+SYSTEM_MAX_MESSAGE_BYTES = 1 << 20
+SYSTEM_MAX_QUEUE = 64
+MODEL_NAME = "mnist"
+LENIENT_STRAGGLER_TIMEOUT_MS = 2000.0  # where only failures, not slowness, should trigger decoding
+
+
+def reference_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
+    """The data worker's model run in process: what a non-reconstructed answer must equal."""
+    session = ort.InferenceSession(str(model_dir / "worker.onnx"), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(["logits"], {"x": images.astype(np.float32)})[0])
+
+
+def random_images(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serving_models import service_config
+from helpers import service_config
 
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable

@@ -19,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_models import REPO_ROOT, batch, images, outputs, service_config, wait_serving
+from helpers import REPO_ROOT, batch, images, outputs, service_config, wait_serving
 
 from coded_invnet.proto import coded_pb2_grpc
 from coded_invnet.rpc.channels import create_channel, create_sync_channel
@@ -165,7 +165,7 @@ def test_errors_map_to_status_codes_and_health_flips_after_warm_up(caplog: pytes
         host = ServiceHost(cfg, ["test.Svc"], ServingMetrics("test"))
         service = ProbeService()
         host.server.add_generic_rpc_handlers((service.handler(),))
-        await host.start(lambda: asyncio.to_thread(lambda: warmed.wait(10) or None))
+        await host.start(lambda: asyncio.to_thread(warmed.wait, 10))
         channel = create_channel(f"127.0.0.1:{host.port}", timeout_s=0.5)
         try:
             health = health_pb2_grpc.HealthStub(channel)
@@ -177,25 +177,25 @@ def test_errors_map_to_status_codes_and_health_flips_after_warm_up(caplog: pytes
 
             for name, (error, code) in RAISED.items():
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await channel.unary_unary("/test.Svc/Raise")(name.encode())
+                    await channel.unary_unary("/test.Svc/Raise")(name.encode())  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
                 assert caught.value.code() == code, name
                 expected = "internal error" if code == grpc.StatusCode.INTERNAL else str(error)
                 assert expected in (caught.value.details() or "")
-                call = channel.unary_stream("/test.Svc/Stream")(name.encode())
+                call = channel.unary_stream("/test.Svc/Stream")(name.encode())  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     assert [message async for message in call] == [b"first"]
                 assert caught.value.code() == code, name
             assert "secret detail" in caplog.text  # INTERNAL: details in the log, not to the client
 
             # The channel's service config retries UNAVAILABLE and sets a default deadline.
-            assert await channel.unary_unary("/test.Svc/Flaky")(b"") == b"ok"
+            assert await channel.unary_unary("/test.Svc/Flaky")(b"") == b"ok"  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
             assert service.calls == 3
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await channel.unary_unary("/test.Svc/Slow")(b"")
+                await channel.unary_unary("/test.Svc/Slow")(b"")  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             blocking = create_sync_channel(f"127.0.0.1:{host.port}", timeout_s=0.3)
             with pytest.raises(grpc.RpcError) as sync_caught:
-                await asyncio.to_thread(blocking.unary_unary("/test.Svc/Slow"), b"")
+                await asyncio.to_thread(blocking.unary_unary("/test.Svc/Slow"), b"")  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
             assert sync_caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
             blocking.close()
 
@@ -203,7 +203,7 @@ def test_errors_map_to_status_codes_and_health_flips_after_warm_up(caplog: pytes
             with urllib.request.urlopen(f"http://127.0.0.1:{host.metrics_port}/metrics", timeout=5) as reply:
                 assert b"# TYPE nv_inference_request_success_total counter" in reply.read()
         finally:
-            await channel.close()
+            await channel.close(None)
             await host.stop()
 
     with caplog.at_level(logging.ERROR):

@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import REPO_ROOT
 
 from coded_invnet import coding
 from coded_invnet.checkpoint import (
@@ -39,7 +40,7 @@ from coded_invnet.tools.export import export_dataset
 from coded_invnet.training.recipe import base_spec
 
 AnyModule = TypeVar("AnyModule", bound=torch.nn.Module)
-MODELS = Path(__file__).resolve().parent.parent / "models"
+MODELS = REPO_ROOT / "models"
 SHIPPED = MODELS / "mnist"
 
 

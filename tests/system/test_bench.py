@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from serving_models import K
+from helpers import K
 
 from coded_invnet.tools import bench
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from frontend_helpers import random_images
+from helpers import random_images
 
 from coded_invnet.client import Client
 from coded_invnet.tools.launcher import LaunchError, launch

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from frontend_helpers import MODEL_NAME, SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE, random_images
+from helpers import MODEL_NAME, SYSTEM_MAX_MESSAGE_BYTES, SYSTEM_MAX_QUEUE, random_images
 
 from coded_invnet.client import Client, StreamResult
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
@@ -117,7 +117,7 @@ def test_bad_request_gets_status_and_message(
 
 def test_garbage_bytes(stub: inference_pb2_grpc.GRPCInferenceServiceStub, coded_system: System) -> None:
     with grpc.insecure_channel(coded_system.frontend.target) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
         with pytest.raises(grpc.RpcError) as caught:
             call(b"\xff\xfe garbage, not a protobuf \x00\x01", timeout=10)
     assert caught.value.code() == StatusCode.INVALID_ARGUMENT, caught.value.details()

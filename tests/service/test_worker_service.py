@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serving_models import K, batch, images, outputs, running, service_config
+from helpers import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.rpc.batch_service import PENDING_PER_SLOT
@@ -95,7 +95,7 @@ def test_bad_input_is_rejected_and_the_server_keeps_serving(model_dir: Path) -> 
                 assert message in (caught.value.details() or ""), (case, caught.value.details())
 
             with pytest.raises(grpc.aio.AioRpcError) as caught:  # not a protobuf message at all
-                await channel.unary_unary("/coded.v1.Worker/Infer")(b"\xff\xfe garbage", timeout=5)
+                await channel.unary_unary("/coded.v1.Worker/Infer")(b"\xff\xfe garbage", timeout=5)  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -142,14 +142,14 @@ def test_fault_injection_through_the_admin_rpc(model_dir: Path) -> None:
             await stub.SetFaults(
                 coded_pb2.FaultConfig(delay_kind=coded_pb2.DELAY_FIXED, delay_ms=30_000), timeout=5
             )
-            call = stub.InferStream(timeout=10)
+            call = stub.InferStream(timeout=10)  # type: ignore[call-arg]  # grpc-stubs lags grpc.aio
             await call.write(batch(5, 1, x=images(1)))
             await asyncio.sleep(0.05)
             start = time.perf_counter()
             await call.write(coded_pb2.Batch(group_id=5, index=1, cancel=True))
             result = await call.read()
-            assert (result.group_id, result.index) == (5, 1)
-            assert result.error.code == grpc.StatusCode.CANCELLED.value[0]
+            assert (result.group_id, result.index) == (5, 1)  # type: ignore[attr-defined]  # grpc-stubs lags grpc.aio
+            assert result.error.code == grpc.StatusCode.CANCELLED.value[0]  # type: ignore[attr-defined]  # grpc-stubs lags grpc.aio
             assert time.perf_counter() - start < 1.0
             await call.done_writing()
 
@@ -170,7 +170,7 @@ def test_the_fault_api_is_refused_unless_switched_on(model_dir: Path) -> None:
             }
             for name, call in calls.items():
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await call
+                    await call  # type: ignore[misc]  # grpc-stubs lags grpc.aio
                 assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, name
                 assert "CODED_FAULT_API=on" in (caught.value.details() or ""), name
             outputs(await stub.Infer(batch(0, 0, x=images(1)), timeout=5))  # no fault was set

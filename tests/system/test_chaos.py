@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from serving_models import K
+from helpers import K
 
 from coded_invnet.tools import chaos
 

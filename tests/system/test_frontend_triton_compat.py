@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import tritonclient.grpc as triton
-from frontend_helpers import MODEL_NAME, random_images, reference_logits
+from helpers import MODEL_NAME, random_images, reference_logits
 
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
 from coded_invnet.tools.launcher import System

@@ -9,7 +9,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from serving_models import K, batch, images, outputs, running, service_config
+from helpers import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2_grpc
 from services.decoder.server import start as start_decoder

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving_models import K, images, service_config, wait_serving
+from helpers import K, images, service_config, wait_serving
 
 from coded_invnet.client import AsyncClient, Client, TlsOptions
 from coded_invnet.rpc import health_check as health

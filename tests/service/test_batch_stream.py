@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from serving_models import batch, images, outputs, running, service_config, wait_serving
+from helpers import batch, images, outputs, running, service_config, wait_serving
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.rpc.batch_stream import BatchStream
@@ -21,7 +21,7 @@ from services.worker.server import start as start_worker
 
 
 @asynccontextmanager
-async def worker_stream(model_dir: Path) -> AsyncIterator[tuple[coded_pb2_grpc.WorkerStub, BatchStream]]:
+async def worker_stream(model_dir: Path) -> AsyncIterator[tuple[coded_pb2_grpc.WorkerAsyncStub, BatchStream]]:
     """A SERVING in-process worker, its stub, and a BatchStream to it; all closed on exit."""
     async with running(start_worker, service_config("worker", model_dir, fault_api="on")) as channel:
         stub = coded_pb2_grpc.WorkerStub(channel)
@@ -94,7 +94,7 @@ def test_a_broken_stream_fails_its_batches_and_the_next_call_reopens_it(model_di
             assert "logits" in outputs(result)
         finally:
             await stream.close()
-            await channel.close()
+            await channel.close(None)
             await host.stop()
 
     asyncio.run(scenario())

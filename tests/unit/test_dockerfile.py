@@ -14,8 +14,9 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from helpers import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 DOCKERFILE = ROOT / "Dockerfile"
 VARIANTS = ("cpu", "gpu")
 # Packages the training/dev tooling needs but the image deliberately leaves out.

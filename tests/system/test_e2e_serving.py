@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from frontend_helpers import LENIENT_STRAGGLER_TIMEOUT_MS, random_images, reference_logits
+from helpers import LENIENT_STRAGGLER_TIMEOUT_MS, TRAINED_DIR, K, random_images, reference_logits
 from prometheus_client.parser import text_string_to_metric_families
-from serving_models import TRAINED_DIR, K
 
 from coded_invnet.client import Client, StreamResult
 from coded_invnet.tools.launcher import System, launch

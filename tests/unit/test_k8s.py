@@ -16,11 +16,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import REPO_ROOT
 
 from coded_invnet.serving.config import ENV_VARS, load_config
 from coded_invnet.tools.certificates import make_certificates
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 K8S = ROOT / "k8s"
 KUSTOMIZATIONS = sorted(path.parent.relative_to(ROOT) for path in K8S.rglob("kustomization.yaml"))
 KUBERNETES_VERSION = "1.37.0"

@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from frontend_helpers import random_images, reference_logits
+from helpers import random_images, reference_logits
 
 from coded_invnet.client import AsyncClient, Client, Prediction
 from coded_invnet.tools.launcher import System
