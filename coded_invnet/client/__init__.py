@@ -6,8 +6,8 @@
         print(p.label, p.probabilities.max(), p.reconstructed, p.coding_mode, p.latency_ms)
     Client("frontend:8001", tls=TlsOptions(ca_file="ca.pem"))  # TLS; cert_file/key_file for mutual TLS
 
-Note: this imports the `inference` protobuf package, as tritonclient.grpc does; use one of the two per
-process.
+Its `inference` messages live in a descriptor pool of their own, so tritonclient.grpc can be imported
+in the same process.
 """
 
 from coded_invnet.client.aio import AsyncClient
