@@ -10,6 +10,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import grpc
 import numpy as np
 
 from coded_invnet.proto import coded_pb2
@@ -110,3 +111,18 @@ def model_description(model: OnnxModel | None, cfg: ServingConfig, role: str) ->
         description.outputs.extend(specs(model.outputs))
         description.execution_provider = model.provider
     return description
+
+
+class DescribedServicer:
+    """`Describe`, the one RPC the worker, encoder and decoder services share by name; each servicer adds
+    its two Batch RPCs (unary and stream) on top."""
+
+    def __init__(
+        self, batches: BatchProcessor, model: OnnxModel | None, cfg: ServingConfig, role: str
+    ) -> None:
+        self._batches, self._model, self._cfg, self._role = batches, model, cfg, role
+
+    async def Describe(
+        self, request: coded_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> coded_pb2.ModelDescription:
+        return model_description(self._model, self._cfg, self._role)

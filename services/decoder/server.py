@@ -24,7 +24,7 @@ async def start(cfg: ServingConfig) -> ServiceHost:
     metrics = ServingMetrics(head.name if head else "parm-decoder")
     runtime = DecoderRuntime(cfg.mode, cfg.k, head, metrics)
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
-    servicer = DecoderServicer(BatchProcessor.for_config(runtime.decode, metrics, cfg), head, cfg)
+    servicer = DecoderServicer(BatchProcessor.for_config(runtime.decode, metrics, cfg), head, cfg, "decoder")
     coded_pb2_grpc.add_DecoderServicer_to_server(servicer, host.server)
     await host.start(lambda: asyncio.to_thread(runtime.warm_up))
     return host

@@ -7,15 +7,10 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.rpc.batch_service import BatchProcessor, model_description
-from coded_invnet.serving.config import ServingConfig
-from coded_invnet.serving.onnx_model import OnnxModel
+from coded_invnet.rpc.batch_service import DescribedServicer
 
 
-class DecoderServicer(coded_pb2_grpc.DecoderServicer):
-    def __init__(self, batches: BatchProcessor, head: OnnxModel | None, cfg: ServingConfig) -> None:
-        self._batches, self._head, self._cfg = batches, head, cfg  # head: None for ParM (no model)
-
+class DecoderServicer(DescribedServicer, coded_pb2_grpc.DecoderServicer):
     async def Decode(
         self, request: coded_pb2.Batch, context: grpc.aio.ServicerContext
     ) -> coded_pb2.BatchResult:
@@ -26,8 +21,3 @@ class DecoderServicer(coded_pb2_grpc.DecoderServicer):
     ) -> AsyncIterator[coded_pb2.BatchResult]:
         async for result in self._batches.respond(request_iterator):
             yield result
-
-    async def Describe(
-        self, request: coded_pb2.DescribeRequest, context: grpc.aio.ServicerContext
-    ) -> coded_pb2.ModelDescription:
-        return model_description(self._head, self._cfg, "decoder")

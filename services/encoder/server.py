@@ -23,7 +23,7 @@ async def start(cfg: ServingConfig) -> ServiceHost:
     model = open_model(cfg)
     metrics = ServingMetrics(model.name)
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
-    servicer = EncoderServicer(BatchProcessor.for_config(model.infer, metrics, cfg), model, cfg)
+    servicer = EncoderServicer(BatchProcessor.for_config(model.infer, metrics, cfg), model, cfg, "encoder")
     coded_pb2_grpc.add_EncoderServicer_to_server(servicer, host.server)
     await host.start(lambda: asyncio.to_thread(model.load))
     return host

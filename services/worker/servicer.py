@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.rpc.batch_service import BatchProcessor, model_description
+from coded_invnet.rpc.batch_service import BatchProcessor, DescribedServicer
 from coded_invnet.serving.config import ServingConfig
 from services.worker.runtime import FaultSpec, WorkerRuntime
 
@@ -33,9 +33,10 @@ def faults_from_proto(config: coded_pb2.FaultConfig) -> FaultSpec:
     return FaultSpec(kind, config.delay_ms, config.delay_probability, config.failure_probability, config.seed)
 
 
-class WorkerServicer(coded_pb2_grpc.WorkerServicer):
+class WorkerServicer(DescribedServicer, coded_pb2_grpc.WorkerServicer):
     def __init__(self, runtime: WorkerRuntime, batches: BatchProcessor, cfg: ServingConfig) -> None:
-        self.runtime, self._batches, self._cfg = runtime, batches, cfg
+        super().__init__(batches, runtime.model, cfg, cfg.role)
+        self.runtime = runtime
 
     async def Infer(
         self, request: coded_pb2.Batch, context: grpc.aio.ServicerContext
@@ -47,11 +48,6 @@ class WorkerServicer(coded_pb2_grpc.WorkerServicer):
     ) -> AsyncIterator[coded_pb2.BatchResult]:
         async for result in self._batches.respond(request_iterator):
             yield result
-
-    async def Describe(
-        self, request: coded_pb2.DescribeRequest, context: grpc.aio.ServicerContext
-    ) -> coded_pb2.ModelDescription:
-        return model_description(self.runtime.model, self._cfg, self._cfg.role)
 
     async def SetFaults(
         self, request: coded_pb2.FaultConfig, context: grpc.aio.ServicerContext

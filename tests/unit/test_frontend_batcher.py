@@ -338,19 +338,27 @@ def test_adaptive_parity_path_skips_healthy_groups_and_still_rescues_a_straggler
     assert elapsed < 1.0
 
 
+def timed_queries(
+    backends: LinearBackends, **cfg: object
+) -> tuple[float, np.ndarray, list, list[GroupReport]]:
+    """8 queries in groups of k=4 batches of 2: (seconds taken, images, results, reports)."""
+
+    async def timed() -> tuple[float, np.ndarray, list, list[GroupReport]]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        found = await run_queries(backends, 8, k=4, max_batch=2, **cfg)
+        return (loop.time() - started, *found)
+
+    return asyncio.run(timed())
+
+
 def test_two_hung_batches_are_hedged_at_the_late_deadline_not_left_to_the_backend_deadline() -> None:
     """Two calls that never answer (a stream to a dead peer that has not failed yet) cannot be decoded;
     they are re-sent at LATE_HEDGE_FACTOR times the straggler deadline, so the group is answered in well
     under a second instead of at the backends' 10 s deadline."""
     backends = LinearBackends("coded-invnet", delays={1: 30.0, 2: 30.0})
 
-    async def timed() -> tuple[float, np.ndarray, list, list[GroupReport]]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        found = await run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=20)
-        return (loop.time() - started, *found)
-
-    elapsed, images, results, reports = asyncio.run(timed())
+    elapsed, images, results, reports = timed_queries(backends, straggler_timeout_ms=20)
     assert LATE_HEDGE_FACTOR * 0.020 <= elapsed < 1.0
     np.testing.assert_allclose(
         np.stack([r.logits for r in results]), true_logits(images), rtol=1e-3, atol=1e-3
@@ -370,13 +378,7 @@ def test_a_failed_batch_is_resent_when_the_parity_path_hangs() -> None:
 
     backends.encode = hanging_encode  # type: ignore[method-assign]
 
-    async def timed() -> tuple[float, np.ndarray, list, list[GroupReport]]:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        found = await run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=20)
-        return (loop.time() - started, *found)
-
-    elapsed, images, results, reports = asyncio.run(timed())
+    elapsed, images, results, reports = timed_queries(backends, straggler_timeout_ms=20)
     assert elapsed < 1.0
     np.testing.assert_allclose(
         np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
