@@ -31,6 +31,7 @@ async def start(cfg: ServingConfig) -> ServiceHost:
 
 
 async def serve(cfg: ServingConfig) -> None:
+    """Run the decoder until SIGTERM or SIGINT, then drain its in-flight batches and stop."""
     host = await start(cfg)
     await host.run_until_signalled()
 
