@@ -27,14 +27,10 @@ from locust.env import Environment
 
 from coded_invnet.client.core import build_request, parse_response
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc, inference_pb2_grpc
+from coded_invnet.tools.faults import ADMIN_TIMEOUT_S, straggler
 from coded_invnet.tools.openloop import add_tls_arguments, tls_from_arguments
 
 grpc_gevent.init_gevent()
-
-STRAGGLER_FAULTS = coded_pb2.FaultConfig(
-    delay_kind=coded_pb2.DELAY_FIXED, delay_ms=100.0, delay_probability=0.1, seed=1
-)
-ADMIN_TIMEOUT_S = 5.0
 
 
 class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -159,7 +155,7 @@ def start_faults(environment: Environment, **_: Any) -> None:
     if parsed.scenario == "stragglers":
         if not parsed.straggler_worker:
             raise SystemExit("--scenario stragglers needs --straggler-worker host:port")
-        set_worker_faults(parsed.straggler_worker, STRAGGLER_FAULTS)
+        set_worker_faults(parsed.straggler_worker, straggler())
     elif parsed.scenario == "pod-kill":
         environment.runner.greenlet.spawn(kill_workers_periodically, parsed)  # type: ignore[union-attr]
 

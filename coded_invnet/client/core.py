@@ -10,7 +10,6 @@ import numpy as np
 from coded_invnet.proto import inference_pb2
 
 DEFAULT_MODEL = "mnist"
-DEFAULT_TIMEOUT_S = 10.0
 
 
 class PredictionError(RuntimeError):

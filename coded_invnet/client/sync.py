@@ -11,7 +11,7 @@ import numpy as np
 from coded_invnet.client import core
 from coded_invnet.client.core import Prediction, StreamResult, build_request, parse_response, stream_result
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
-from coded_invnet.rpc.channels import TlsOptions, create_sync_channel
+from coded_invnet.rpc.channels import DEFAULT_TIMEOUT_S, TlsOptions, create_sync_channel
 
 
 class Client:
@@ -27,7 +27,7 @@ class Client:
         self,
         target: str,
         model: str = core.DEFAULT_MODEL,
-        timeout_s: float = core.DEFAULT_TIMEOUT_S,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
         tls: TlsOptions | None = None,
         wait_for_ready: bool = False,
     ) -> None:

@@ -18,9 +18,9 @@ from typing import Any
 
 import grpc
 
-from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, ServingConfig
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DEFAULT_RPC_TIMEOUT_S, ServingConfig
 
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = DEFAULT_RPC_TIMEOUT_S
 DEFAULT_MAX_MESSAGE_BYTES = BACKEND_MAX_MESSAGE_BYTES
 RETRY_POLICY = {
     "maxAttempts": 3,

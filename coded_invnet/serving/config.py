@@ -29,6 +29,7 @@ DELAY_KINDS = ("none", "fixed", "exponential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Backends exchange groups of up to max_batch rows with the frontend; their messages may be large.
 BACKEND_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_RPC_TIMEOUT_S = 10.0  # every call's deadline unless the caller sets one
 # The largest input row of the data sets the project serves (CIFAR-10: 3 x 32 x 32 float32): the
 # frontend's default message limit is what its per-client queue bound can take of such rows.
 LARGEST_QUERY_BYTES = 3 * 32 * 32 * 4
@@ -88,7 +89,7 @@ class ServingConfig:
     # queue then fills bigger batches, which cost workers less per query (measured: 2 groups of up to
     # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)
     max_inflight_groups: int = 3
-    rpc_timeout_s: float = 10.0
+    rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S
     discovery_interval_s: float = 5.0  # how often a dns:/// worker pool is resolved again
 
     @property

@@ -92,10 +92,6 @@ class OnnxModel:
         return self.path.name
 
     @property
-    def loaded(self) -> bool:
-        return self._session is not None
-
-    @property
     def provider(self) -> str:
         return self._session.get_providers()[0] if self._session else ""
 

@@ -31,16 +31,16 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from coded_invnet.client import AsyncClient
+from coded_invnet.coding import CODING_MODES
 from coded_invnet.data import Split, load_dataset
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.config import DECODABLE_MODES, default_model_file
 from coded_invnet.tools.chaos import LauncherKiller
+from coded_invnet.tools.faults import ADMIN_TIMEOUT_S, STRAGGLER_DELAY_MS, STRAGGLER_PROBABILITY, straggler
 from coded_invnet.tools.launcher import System, launch
 from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
-MODES = ("none", "replication", "parm", "coded-invnet")
 FAULTS = ("none", "straggler", "kill")
-ADMIN_TIMEOUT_S = 5.0
 RECONNECT_SETTLE_S = 2.0
 INFERENCES = "nv_inference_count"  # queries run through a model, per process (Prometheus counter)
 
@@ -104,13 +104,9 @@ async def run_round(
     """One round of one fault's open-loop load against the running system, added to ``tally``."""
     victim = system.workers[0]
     if fault == "straggler":
-        delay = coded_pb2.FaultConfig(
-            delay_kind=coded_pb2.DELAY_FIXED,
-            delay_ms=plan.straggler_delay_ms,
-            delay_probability=plan.straggler_probability,
-            seed=seed + 1,
+        await set_faults(
+            victim.target, straggler(plan.straggler_delay_ms, plan.straggler_probability, seed + 1)
         )
-        await set_faults(victim.target, delay)
     duration_s = plan.duration_s / plan.rounds
     before = await asyncio.to_thread(scrape_inferences, system)
     killer = LauncherKiller(system)
@@ -240,15 +236,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/latency.json"))
     parser.add_argument("--model-dir", type=Path, default=Path("models/mnist"))
     parser.add_argument("--dataset", default="mnist")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=",".join(CODING_MODES))
     parser.add_argument("--ks", default="10,4,2", help="comma-separated k values")
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--rate", type=float, default=100.0, help="mean queries per second (Poisson)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per fault (all rounds)")
     parser.add_argument("--rounds", type=int, default=4, help="fault phases interleaved in this many rounds")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of each query (s)")
-    parser.add_argument("--straggler-delay-ms", type=float, default=100.0)
-    parser.add_argument("--straggler-probability", type=float, default=0.1)
+    parser.add_argument("--straggler-delay-ms", type=float, default=STRAGGLER_DELAY_MS)
+    parser.add_argument("--straggler-probability", type=float, default=STRAGGLER_PROBABILITY)
     parser.add_argument(
         "--straggler-timeout-ms", type=float, default=20.0, help="frontend's wait before decoding"
     )
