@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
@@ -17,10 +17,14 @@ import numpy as np
 import onnxruntime as ort
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from coded_invnet.coding import decode_missing
 from coded_invnet.proto import coded_pb2
 from coded_invnet.rpc.lifecycle import ServiceHost
 from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
 from coded_invnet.serving.config import ServingConfig
+from services.frontend.batcher import Batcher
+from services.frontend.calls import WorkerOutput
+from services.frontend.group import GroupReport
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAINED_DIR = REPO_ROOT / "models" / "mnist"
@@ -154,3 +158,88 @@ def reference_logits(model_dir: Path, images: np.ndarray) -> np.ndarray:
 
 def random_images(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).random((n, 1, 28, 28), dtype=np.float32)
+
+
+# --- an in-process linear model behind the batcher's Backends protocol (the batcher's unit tests)
+IMAGE = (1, 4, 4)
+D = 16
+rng = np.random.default_rng(0)
+G = rng.normal(size=(D, D)).astype(np.float32)  # latent map g
+H = rng.normal(size=(D, 10)).astype(np.float32)  # head
+
+
+def true_logits(images: np.ndarray) -> np.ndarray:
+    return images.reshape(len(images), -1) @ G @ H
+
+
+@dataclass
+class LinearBackends:
+    """In-process backends with per-worker faults: a delay (s) or a failure."""
+
+    mode: str
+    delays: dict[int, float] = field(default_factory=dict)
+    dead: set[int] = field(default_factory=set)
+    parity_down: bool = False
+    decoder_down: bool = False
+    calls: list[tuple[str, int]] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)
+
+    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
+        self.calls.append(("infer", worker))
+        try:
+            await asyncio.sleep(self.delays.get(worker, 0.0))
+        except asyncio.CancelledError:
+            self.cancelled.append(worker)
+            raise
+        if worker in self.dead:
+            raise ConnectionError(f"worker {worker} is dead")
+        z = images.reshape(len(images), -1) @ G
+        return WorkerOutput(z @ H, z)
+
+    async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
+        self.calls.append(("encode", -1))
+        if self.parity_down:
+            raise ConnectionError("encoder down")
+        return batches.mean(axis=1)
+
+    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+        z = parity_images.reshape(len(parity_images), -1) @ G
+        return z if self.mode == "coded-invnet" else z @ H
+
+    async def decode(
+        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+    ) -> np.ndarray:
+        self.calls.append(("decode", missing))
+        if self.decoder_down:
+            raise ConnectionError("decoder down")
+        out = decode_missing(parity, available, len(available) + 1)
+        return out @ H if self.mode == "coded-invnet" else out
+
+
+async def run_queries(
+    backends: LinearBackends, n: int, **cfg: object
+) -> tuple[np.ndarray, list, list[GroupReport]]:
+    config = ServingConfig(service="frontend", mode=backends.mode, **cfg)  # type: ignore[arg-type]
+    reports: list[GroupReport] = []
+    batcher = Batcher(config, backends, on_group=reports.append)
+    batcher.start()
+    images = rng.random((n, *IMAGE), dtype=np.float32)
+    try:
+        results = await batcher.infer(images, timeout=5)
+    finally:
+        await batcher.stop()
+    return images, results, reports
+
+
+def timed_queries(
+    backends: LinearBackends, **cfg: object
+) -> tuple[float, np.ndarray, list, list[GroupReport]]:
+    """8 queries in groups of k=4 batches of 2: (seconds taken, images, results, reports)."""
+
+    async def timed() -> tuple[float, np.ndarray, list, list[GroupReport]]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        found = await run_queries(backends, 8, k=4, max_batch=2, **cfg)
+        return (loop.time() - started, *found)
+
+    return asyncio.run(timed())

@@ -22,7 +22,7 @@ from coded_invnet.rpc.channels import client_tls, create_channel
 from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
 from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
-from services.frontend.group import WorkerOutput
+from services.frontend.calls import WorkerOutput
 from services.frontend.inference import ModelSpec
 
 DNS_SCHEME = "dns:///"

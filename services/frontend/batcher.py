@@ -18,7 +18,8 @@ import numpy as np
 
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import DeadlineExceeded, InvalidInput, Unavailable
-from services.frontend.group import Backends, CodingGroup, GroupReport, QueryResult, WorkerOutput
+from services.frontend.calls import Backends, WorkerOutput
+from services.frontend.group import CodingGroup, GroupReport, QueryResult
 from services.frontend.hedge import ParityDelay
 from services.frontend.queue import Query, QueryQueue
 

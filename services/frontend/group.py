@@ -28,44 +28,19 @@ import contextlib
 import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
+from services.frontend.calls import Backends, WorkerOutput
 from services.frontend.queue import Query
 
 LATE_HEDGE_FACTOR = 10
 RESEND_BACKOFF_S = 0.05
 MAX_RESEND_BACKOFF_S = 1.0
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class WorkerOutput:
-    logits: np.ndarray  # (b, classes)
-    z: np.ndarray | None  # (b, D); None when the model has no latent output
-
-
-class Backends(Protocol):
-    """The calls a group makes; each raises on failure and is cancellable."""
-
-    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput: ...
-
-    async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
-        """(b, k, C, H, W) data batches → (b, C, H, W) parity images."""
-        ...
-
-    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
-        """Parity images → what decoding needs: z_p (coded-invnet) or parity logits (parm)."""
-        ...
-
-    async def decode(
-        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
-    ) -> np.ndarray:
-        """Parity output (b, D) and the other members (k-1, b, D) → logits (b, classes) of ``missing``."""
-        ...
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,35 @@
+"""What a coding group calls, and what it gets back: the `Backends` protocol (gRPC in backends.py, in
+process in the tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WorkerOutput:
+    logits: np.ndarray  # (b, classes)
+    z: np.ndarray | None  # (b, D); None when the model has no latent output
+
+
+class Backends(Protocol):
+    """The calls a group makes; each raises on failure and is cancellable."""
+
+    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput: ...
+
+    async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
+        """(b, k, C, H, W) data batches → (b, C, H, W) parity images."""
+        ...
+
+    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+        """Parity images → what decoding needs: z_p (coded-invnet) or parity logits (parm)."""
+        ...
+
+    async def decode(
+        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+    ) -> np.ndarray:
+        """Parity output (b, D) and the other members (k-1, b, D) → logits (b, classes) of ``missing``."""
+        ...
