@@ -35,7 +35,7 @@ from coded_invnet.client import AsyncClient
 from coded_invnet.data import load_dataset
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
 from coded_invnet.serving.config import ServingConfig
-from coded_invnet.tools.launcher import System, launch
+from coded_invnet.tools.launcher import System, launch, wait_serving
 from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
 Fault = Callable[[System, float], Awaitable[dict[str, Any]]]
@@ -271,14 +271,26 @@ async def run_phase(system: System, fault: Fault, args: argparse.Namespace, phas
         with PeakMemory(system) as memory:
             load = run_open_loop(client.predict, test.images, test.labels, schedule, args.timeout)
             outcomes, details = await asyncio.gather(load, fault(system, phase_s))
-    await asyncio.to_thread(wait_all_serving, system)
+    await asyncio.to_thread(wait_serving, list(system.services.values()), 60.0)  # before the next fault
     return {**phase_record(outcomes, phase_s, memory.peak_mb), **details}
 
 
-def wait_all_serving(system: System) -> None:
-    from coded_invnet.tools.launcher import wait_serving
-
-    wait_serving(list(system.services.values()), 60)
+def markdown_table(report: dict[str, Any]) -> str:
+    """The report as the table docs/RESULTS.md shows."""
+    rows = [
+        "| fault | sent | answered | lost | errors | reconstructed (accuracy) | p50 ms | p99.9 ms | max ms "
+        "| peak frontend RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in report["phases"]:
+        errors = ", ".join(f"{code} {n}" for code, n in sorted(p["errors"].items())) or "none"
+        accuracy = "" if p["reconstructed_accuracy"] is None else f" ({p['reconstructed_accuracy']:.4f})"
+        rows.append(
+            f"| {p['fault']} | {p['sent']} | {p['answered']} | {p['lost']} | {errors} | "
+            f"{p['reconstructed']}{accuracy} | {p['p50_ms']} | {p['p999_ms']} | {p['max_ms']} | "
+            f"{p['peak_frontend_rss_mb']} |"
+        )
+    return "\n".join(rows)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -297,7 +309,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--log-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("results/reliability.json"))
+    parser.add_argument("--table", type=Path, help="print this report as a markdown table, and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(args.table.read_text())))
+        return
     chosen = {n: f for n, f in faults(args.seed, args.model).items() if not args.only or n in args.only}
     arguments = sys.argv[1:] if argv is None else list(argv)
     records = []
