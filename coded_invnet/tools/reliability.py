@@ -74,24 +74,31 @@ class PeakMemory:
         self._thread.join()
 
 
+def service_name(system: System, role: str) -> str:
+    """A service's name; "data worker" stands for the middle one of the data workers."""
+    return system.workers[len(system.workers) // 2].name if role == "data worker" else role
+
+
 async def kill_and_restart(system: System, name: str, down_s: float = 1.0) -> None:
     system.services[name].kill()
     await asyncio.sleep(down_s)
     system.services[name].restart()
 
 
-def killing(name: str) -> Fault:
+def killing(role: str) -> Fault:
     async def fault(system: System, phase_s: float) -> dict[str, Any]:
         await asyncio.sleep(phase_s / 3)
+        name = service_name(system, role)
         await kill_and_restart(system, name)
         return {"killed": [name]}
 
     return fault
 
 
-def stopping(name: str, stopped_s: float = 5.0) -> Fault:
+def stopping(role: str, stopped_s: float = 5.0) -> Fault:
     async def fault(system: System, phase_s: float) -> dict[str, Any]:
         await asyncio.sleep(phase_s / 4)
+        name = service_name(system, role)
         system.services[name].pause()
         await asyncio.sleep(stopped_s)
         system.services[name].resume()
@@ -236,12 +243,12 @@ def big_requests(model: str, concurrent: int = 8, rounds: int = 3) -> Fault:
 def faults(seed: int, model: str) -> dict[str, Fault]:
     return {
         "none": no_fault,
-        "kill data worker": killing("worker-3"),
+        "kill data worker": killing("data worker"),
         "kill parity worker": killing("parity-worker"),
         "kill encoder": killing("encoder"),
         "kill decoder": killing("decoder"),
         "kill frontend": killing("frontend"),
-        "SIGSTOP data worker 5 s": stopping("worker-5"),
+        "SIGSTOP data worker 5 s": stopping("data worker"),
         "SIGSTOP encoder 5 s": stopping("encoder"),
         "two data workers at once": two_workers_at_once,
         "random schedule": random_schedule(seed),
