@@ -103,6 +103,7 @@ async def load_with_kills(
     schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
     chooser = random.Random(plan.seed)
     killed: list[str] = []
+    killed_at_s: list[float] = []
     recovered_s: list[float] = []
     async with AsyncClient(system.frontend.target, model, plan.timeout_s) as client:
         load = asyncio.create_task(
@@ -111,14 +112,18 @@ async def load_with_kills(
         start = time.perf_counter()
         for planned in kills:
             await asyncio.sleep(max(0.0, start + planned.due_s - time.perf_counter()))
+            if time.perf_counter() - start > plan.duration_s - 1:
+                break  # restarts ran late: a kill now would come after the load
             victim = chooser.choice(system.of_component(planned.component))
             killed.append(victim.name)
+            killed_at_s.append(round(time.perf_counter() - start, 2))
             recovered_s.append(await kill_and_restart(system, victim))
         outcomes = await load
     return {
         **summarize(outcomes, plan.duration_s),
         "killed": len(killed),
         "killed_workers": killed,
+        "killed_at_s": killed_at_s,  # after the load started; it ran plan.duration_s
         "healthy_again_s": recovered_s,
     }
 

@@ -230,8 +230,9 @@ class ContainerSpec:
         return f"{LOOPBACK}:{self.port}"
 
     def run_args(self, engine: Engine) -> list[str]:
-        args = ["run", "--detach", "--name", self.name, "--hostname", self.name, "--network", "host"]
-        args += ["--user", self.user]
+        args = ["run", "--detach", "--name", self.name, "--network", "host", "--user", self.user]
+        if engine.name == "podman":
+            args += ["--hostname", self.name]  # docker refuses a hostname with the host's network
         if self.read_only_root:
             args += ["--read-only"]
             if engine.name == "podman":
@@ -252,7 +253,7 @@ class ContainerSpec:
         else:
             args += [
                 "--health-cmd",
-                json.dumps(
+                shlex.join(
                     ["python", "-m", "coded_invnet.tools.healthcheck", "--target", self.target]
                     + ["--timeout", str(self.health.timeout_s)]
                 ),
