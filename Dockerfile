@@ -70,5 +70,5 @@ FROM runtime AS serving
 USER 10001:10001
 # grpc.health.v1 on the service's own port (CODED_PORT); Kubernetes uses its native gRPC probes instead.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "coded_invnet.tools.healthcheck"]
+    CMD ["python", "-m", "coded_invnet.serving.health_check"]
 CMD ["python", "-m", "services.frontend.server"]

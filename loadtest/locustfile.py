@@ -27,6 +27,7 @@ from locust.env import Environment
 
 from coded_invnet.client.core import build_request, parse_response
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc, inference_pb2_grpc
+from coded_invnet.tools.openloop import add_tls_arguments, tls_from_arguments
 
 grpc_gevent.init_gevent()
 
@@ -84,9 +85,14 @@ class FrontendUser(User):
         super().__init__(environment)
         if not self.host:
             raise SystemExit("--host: the frontend's host:port")
-        channel = grpc.intercept_channel(grpc.insecure_channel(self.host), LocustInterceptor(environment))
-        self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         self._options = options(environment)
+        tls = tls_from_arguments(self._options)
+        if tls is None:
+            transport = grpc.insecure_channel(self.host)
+        else:
+            transport = grpc.secure_channel(self.host, tls.credentials(), options=tls.options())
+        channel = grpc.intercept_channel(transport, LocustInterceptor(environment))
+        self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(channel)
         self._images, _ = test_images(self._options.dataset)
 
     @task
@@ -111,11 +117,15 @@ def add_options(parser: Any) -> None:
     parser.add_argument("--kill-every", type=float, default=10.0, help="pod-kill: seconds between kills")
     parser.add_argument("--kill-pids", default="", help="pod-kill, no cluster: worker PIDs a,b,..")
     parser.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "coded-invnet"))
+    add_tls_arguments(parser)
 
 
 def set_worker_faults(target: str, faults: coded_pb2.FaultConfig) -> None:
     with grpc.insecure_channel(target) as channel:
-        coded_pb2_grpc.WorkerStub(channel).SetFaults(faults, timeout=ADMIN_TIMEOUT_S)
+        try:
+            coded_pb2_grpc.WorkerStub(channel).SetFaults(faults, timeout=ADMIN_TIMEOUT_S)
+        except grpc.RpcError as error:  # e.g. PERMISSION_DENIED: the worker's fault API is off
+            raise SystemExit(f"SetFaults on {target}: {error.code().name} {error.details()}") from None
 
 
 def kill_workers_periodically(options: Any) -> None:

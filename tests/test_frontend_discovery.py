@@ -44,12 +44,12 @@ def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None
     """A DNS-named pool is resolved again: when worker 0 comes back at another address (a restarted
     pod), its slot moves there and the frontend, stuck NOT_SERVING on the dead address, serves."""
     from coded_invnet.client import AsyncClient
-    from services.frontend.server import build
-    from services.worker.server import create_server as create_worker
+    from services.frontend.server import start as start_frontend
+    from services.worker.server import start as start_worker
 
     async def scenario() -> None:
-        workers = [await create_worker(service_config("worker", model_dir, mode="none")) for _ in range(2)]
-        (_, port_a), (_, port_b) = workers
+        workers = [await start_worker(service_config("worker", model_dir, mode="none")) for _ in range(2)]
+        port_a, port_b = (w.port for w in workers)
         dead = f"127.0.0.1:{free_port()}"
         answers = iter([[dead, f"127.0.0.1:{port_b}"]])
         moved = [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]
@@ -62,9 +62,8 @@ def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None
             "frontend", model_dir, mode="none", k=2, workers=("dns:///workers.test:8001",),
             discovery_interval_s=0.2, rpc_timeout_s=2.0,
         )  # fmt: skip
-        frontend = build(cfg, resolve)
-        await frontend.start()
-        client = AsyncClient(f"127.0.0.1:{frontend.host.port}", timeout_s=20)
+        frontend = await start_frontend(cfg, resolve)
+        client = AsyncClient(f"127.0.0.1:{frontend.port}", timeout_s=20)
         try:
             async with asyncio.timeout(30):
                 while not await client.ready():
@@ -74,9 +73,8 @@ def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None
             assert not prediction.reconstructed
         finally:
             await client.close()
-            await frontend.host.server.stop(None)
-            await frontend.close()
-            for server, _ in workers:
-                await server.stop(None)
+            await frontend.host.stop()
+            for worker in workers:
+                await worker.stop()
 
     asyncio.run(scenario())

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from coded_invnet.serving.config import ENV_VARS, load_config
+from coded_invnet.tools.certificates import make_certificates
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -95,6 +96,7 @@ def test_every_overlay_is_rendered_here() -> None:
         "k8s/base",
         "k8s/overlays/gpu",
         "k8s/overlays/chaos",
+        "k8s/overlays/tls",
     }
 
 
@@ -356,3 +358,43 @@ def test_only_the_chaos_overlay_lets_its_job_reach_the_backends(kustomization: P
     for backend in BACKENDS:
         assert may_connect(docs, runner, namespace, backend, "grpc") == bool(jobs), (backend, kustomization)
     assert may_connect(docs, runner, namespace, "frontend", "grpc")
+
+
+def test_tls_overlay_mounts_the_secret_and_every_service_reads_its_settings(tmp_path: Path) -> None:
+    """Each pod mounts the Secret, probes over TLS, and its CODED_TLS_* settings parse once the Secret's
+    files are where they point (here: certificates made for the test, in place of the mount)."""
+    docs = render(Path("k8s/overlays/tls"))
+    shared = config_map(docs)
+    made = make_certificates(tmp_path)
+    secret_files = {
+        "ca.crt": made.ca,
+        "tls.crt": made.server_cert,
+        "tls.key": made.server_key,
+        "client.crt": made.client_cert,
+        "client.key": made.client_key,
+    }
+    probe = ["python", "-m", "coded_invnet.serving.health_check"]
+    assert (ROOT / "coded_invnet" / "serving" / "health_check.py").exists()
+    for workload in of_kind(docs, "Deployment", "StatefulSet"):
+        name = workload["metadata"]["name"]
+        pod = pod_spec(workload)
+        (container,) = pod["containers"]
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == "coded-invnet-tls", name
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True, name
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[kind]["exec"]["command"] == probe, (name, kind)
+        service = container["command"][-1].removeprefix("services.").removesuffix(".server")
+        explicit = {env["name"]: env["value"] for env in container.get("env", [])}
+        assert explicit.keys() <= set(ENV_VARS[service]), f"{name} sets unread variables"
+        environ = {key: value for key, value in shared.items() if key in ENV_VARS[service]} | explicit
+        prefix = mount["mountPath"].rstrip("/") + "/"
+        local = {
+            key: str(secret_files[value.removeprefix(prefix)]) if value.startswith(prefix) else value
+            for key, value in environ.items()
+        }
+        config = load_config(service, [], local)
+        assert config.tls_cert is not None and config.tls_ca is not None, name
+        assert config.tls_client_cert is not None, name  # the frontend's to its backends; the probes'
+        assert config.tls_require_client_cert == ("off" if name == "frontend" else "on"), name

@@ -39,7 +39,10 @@ def test_launch_reports_a_service_that_cannot_start(tmp_path: Path) -> None:
         pass
 
 
-def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("flags", [[], ["--tls", "--fault-api"]], ids=["plaintext", "tls"])
+def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(
+    model_dir: Path, tmp_path: Path, flags: list[str]
+) -> None:
     command = [
         sys.executable,
         "-m",
@@ -50,7 +53,7 @@ def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(model_dir: Pat
         "none",
     ]
     launcher = subprocess.Popen(
-        [*command, "--k", "2", "--log-dir", str(tmp_path)], stdout=subprocess.PIPE, text=True
+        [*command, "--k", "2", "--log-dir", str(tmp_path), *flags], stdout=subprocess.PIPE, text=True
     )
     assert launcher.stdout is not None
     try:
@@ -61,6 +64,9 @@ def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(model_dir: Pat
                 break
         pids = [int(line.rsplit("pid", 1)[1]) for line in lines if " pid " in line]
         assert len(pids) == 3, lines
+        ca_files = [Path(line.split()[-1]) for line in lines if line.startswith("TLS:")]
+        assert len(ca_files) == ("--tls" in flags), lines
+        assert all(ca.is_file() for ca in ca_files)
         launcher.send_signal(signal.SIGINT)
         assert launcher.wait(30) == 0
     finally:
@@ -70,3 +76,4 @@ def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(model_dir: Pat
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    assert not any(ca.parent.exists() for ca in ca_files)  # the throwaway certificates are gone

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def system(model_dir: Path) -> Iterator[System]:
-    with launch(model_dir, "coded-invnet", K) as running:
+    with launch(model_dir, "coded-invnet", K, fault_api=True) as running:  # the stragglers scenario
         yield running
 
 

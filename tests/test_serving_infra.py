@@ -165,7 +165,7 @@ def test_errors_map_to_status_codes_and_health_flips_after_warm_up(caplog: pytes
         host = ServiceHost(cfg, ["test.Svc"], ServingMetrics("test"))
         service = ProbeService()
         host.server.add_generic_rpc_handlers((service.handler(),))
-        await host.start(lambda: warmed.wait(10) or None)
+        await host.start(lambda: asyncio.to_thread(lambda: warmed.wait(10) or None))
         channel = create_channel(f"127.0.0.1:{host.port}", timeout_s=0.5)
         try:
             health = health_pb2_grpc.HealthStub(channel)
@@ -211,7 +211,7 @@ def test_errors_map_to_status_codes_and_health_flips_after_warm_up(caplog: pytes
 
 
 def test_warm_up_failure_stays_not_serving() -> None:
-    def broken_warm_up() -> None:
+    async def broken_warm_up() -> None:
         raise RuntimeError("model file corrupt")
 
     async def scenario() -> None:

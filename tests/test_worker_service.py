@@ -14,7 +14,7 @@ from serving_models import K, batch, images, outputs, running, service_config
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.batch_service import PENDING_PER_SLOT
-from services.worker.server import create_server
+from services.worker.server import start as start_worker
 
 
 def direct(model: Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -28,7 +28,7 @@ def test_unary_and_stream_match_onnxruntime(model_dir: Path) -> None:
     expected = direct(model_dir / "worker.onnx", x)
 
     async def scenario() -> None:
-        async with running(create_server, service_config("worker", model_dir)) as channel:
+        async with running(start_worker, service_config("worker", model_dir)) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
             result = await stub.Infer(batch(7, 1, x=x), timeout=10)
             assert (result.group_id, result.index) == (7, 1)
@@ -60,7 +60,7 @@ def test_parity_worker_runs_parm_model(model_dir: Path) -> None:
 
     async def scenario() -> None:
         cfg = service_config("worker", model_dir, mode="parm", role="parity")
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, cfg) as channel:
             got = outputs(await coded_pb2_grpc.WorkerStub(channel).Infer(batch(0, K, x=x), timeout=10))
             np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-5)
 
@@ -86,7 +86,7 @@ BAD_BATCHES = {
 def test_bad_input_is_rejected_and_the_server_keeps_serving(model_dir: Path) -> None:
     async def scenario() -> None:
         cfg = service_config("worker", model_dir, max_message_bytes=1_000_000)
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, cfg) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
             for case, (request, message) in BAD_BATCHES.items():
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -117,7 +117,7 @@ def test_bad_input_is_rejected_and_the_server_keeps_serving(model_dir: Path) -> 
 
 def test_fault_injection_through_the_admin_rpc(model_dir: Path) -> None:
     async def scenario() -> None:
-        async with running(create_server, service_config("worker", model_dir)) as channel:
+        async with running(start_worker, service_config("worker", model_dir, fault_api="on")) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
             assert await stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5) == coded_pb2.FaultConfig()
 
@@ -159,12 +159,34 @@ def test_fault_injection_through_the_admin_rpc(model_dir: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_faults_from_config_at_start(model_dir: Path) -> None:
+def test_the_fault_api_is_refused_unless_switched_on(model_dir: Path) -> None:
     async def scenario() -> None:
-        cfg = service_config("worker", model_dir, fault_failure_probability=1.0)
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, service_config("worker", model_dir)) as channel:
             stub = coded_pb2_grpc.WorkerStub(channel)
-            assert (await stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5)).failure_probability == 1.0
+            calls = {
+                "SetFaults": stub.SetFaults(coded_pb2.FaultConfig(failure_probability=1.0), timeout=5),
+                "SetFaults, invalid": stub.SetFaults(coded_pb2.FaultConfig(failure_probability=2), timeout=5),
+                "GetFaults": stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5),
+            }
+            for name, call in calls.items():
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call
+                assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED, name
+                assert "CODED_FAULT_API=on" in (caught.value.details() or ""), name
+            outputs(await stub.Infer(batch(0, 0, x=images(1)), timeout=5))  # no fault was set
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("fault_api", ["on", "off"])
+def test_faults_from_config_at_start_apply_with_the_api_on_or_off(model_dir: Path, fault_api: str) -> None:
+    async def scenario() -> None:
+        cfg = service_config("worker", model_dir, fault_failure_probability=1.0, fault_api=fault_api)
+        async with running(start_worker, cfg) as channel:
+            stub = coded_pb2_grpc.WorkerStub(channel)
+            if fault_api == "on":
+                faults = await stub.GetFaults(coded_pb2.GetFaultsRequest(), timeout=5)
+                assert faults.failure_probability == 1.0
             result = [r async for r in stub.InferStream(iter([batch(3, 0, x=images(1))]), timeout=5)][0]
             assert result.error.code == grpc.StatusCode.UNAVAILABLE.value[0]
 
@@ -174,7 +196,7 @@ def test_faults_from_config_at_start(model_dir: Path) -> None:
 def test_stream_refuses_batches_beyond_its_pending_bound(model_dir: Path) -> None:
     async def scenario() -> None:
         cfg = service_config("worker", model_dir, max_inflight=1, fault_delay="fixed", fault_delay_ms=5000.0)
-        async with running(create_server, cfg) as channel:
+        async with running(start_worker, cfg) as channel:
             requests = [batch(group, 0, x=images(1)) for group in range(PENDING_PER_SLOT + 1)]
             call = coded_pb2_grpc.WorkerStub(channel).InferStream(iter(requests), timeout=20)
             first = await call.read()  # the one over the bound is answered at once; the rest wait

@@ -11,21 +11,25 @@ import numpy as np
 from coded_invnet.client import core
 from coded_invnet.client.core import Prediction, StreamResult, build_request, parse_response, stream_result
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
-from coded_invnet.serving.channels import create_channel
+from coded_invnet.serving.channels import TlsOptions, create_channel
 
 
 class AsyncClient:
     """``async with AsyncClient("127.0.0.1:8001") as client: (await client.predict(image)).label``
 
-    Create it inside the running event loop. Deadlines and UNAVAILABLE retries as in `Client`.
+    Create it inside the running event loop. Deadlines, UNAVAILABLE retries and ``tls`` as in `Client`.
     """
 
     def __init__(
-        self, target: str, model: str = core.DEFAULT_MODEL, timeout_s: float = core.DEFAULT_TIMEOUT_S
+        self,
+        target: str,
+        model: str = core.DEFAULT_MODEL,
+        timeout_s: float = core.DEFAULT_TIMEOUT_S,
+        tls: TlsOptions | None = None,
     ) -> None:
         self.model = model
         self.timeout_s = timeout_s
-        self._channel = create_channel(target, timeout_s=timeout_s)
+        self._channel = create_channel(target, timeout_s=timeout_s, tls=tls)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     async def __aenter__(self) -> AsyncClient:

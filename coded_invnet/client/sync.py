@@ -11,22 +11,27 @@ import numpy as np
 from coded_invnet.client import core
 from coded_invnet.client.core import Prediction, StreamResult, build_request, parse_response, stream_result
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
-from coded_invnet.serving.channels import create_sync_channel
+from coded_invnet.serving.channels import TlsOptions, create_sync_channel
 
 
 class Client:
     """``with Client("127.0.0.1:8001") as client: client.predict(image).label``
 
     Every call has a deadline (``timeout_s``, per call overridable); UNAVAILABLE is retried by the
-    channel's service config, not by this code.
+    channel's service config, not by this code. ``tls``: talk TLS (``TlsOptions(ca_file=...)``, with
+    ``cert_file``/``key_file`` for mutual TLS); plaintext without it.
     """
 
     def __init__(
-        self, target: str, model: str = core.DEFAULT_MODEL, timeout_s: float = core.DEFAULT_TIMEOUT_S
+        self,
+        target: str,
+        model: str = core.DEFAULT_MODEL,
+        timeout_s: float = core.DEFAULT_TIMEOUT_S,
+        tls: TlsOptions | None = None,
     ) -> None:
         self.model = model
         self.timeout_s = timeout_s
-        self._channel = create_sync_channel(target, timeout_s=timeout_s)
+        self._channel = create_sync_channel(target, timeout_s=timeout_s, tls=tls)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 
     def __enter__(self) -> Client:

@@ -1,5 +1,8 @@
 """The Batch → BatchResult plumbing shared by the worker, encoder and decoder servicers: tensor
-decoding, metrics, per-batch errors, concurrent stream processing with in-stream cancellation."""
+decoding, metrics, per-batch errors, concurrent stream processing with in-stream cancellation.
+
+Each servicer binds `BatchProcessor.handle` to its unary RPC (Infer, Encode, Decode) and
+`BatchProcessor.respond` to its stream RPC (InferStream, EncodeStream, DecodeStream)."""
 
 from __future__ import annotations
 
@@ -7,24 +10,24 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-import grpc
 import numpy as np
 
 from coded_invnet.proto import coded_pb2
+from coded_invnet.serving.batch_stream import BatchKey
 from coded_invnet.serving.config import ServingConfig
-from coded_invnet.serving.errors import Cancelled, InvalidInput, Overloaded, ServingError
+from coded_invnet.serving.errors import InvalidInput, ServingError
 from coded_invnet.serving.grpc_errors import batch_status
 from coded_invnet.serving.metrics import RequestTiming, ServingMetrics
 from coded_invnet.serving.onnx_model import Computed, OnnxModel, TensorSpec
+from coded_invnet.serving.streams import StreamResponder, Withdrawal
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
 
 # input arrays by name → outputs
 Process = Callable[[dict[str, np.ndarray]], Awaitable[Computed]]
-BatchKey = tuple[int, int]
 PENDING_PER_SLOT = 16  # a stream may queue this many batches per concurrent slot before RESOURCE_EXHAUSTED
 
 
-class BatchService:
+class BatchProcessor:
     def __init__(self, process: Process, metrics: ServingMetrics, max_message_bytes: int, max_inflight: int):
         self.process = process
         self.metrics = metrics
@@ -32,8 +35,8 @@ class BatchService:
         self.max_inflight = max_inflight
 
     @classmethod
-    def for_config(cls, process: Process, metrics: ServingMetrics, cfg: ServingConfig) -> BatchService:
-        return cls(process, metrics, cfg.max_message_bytes, cfg.max_inflight)
+    def for_config(cls, process: Process, metrics: ServingMetrics, cfg: ServingConfig) -> BatchProcessor:
+        return cls(process, metrics, cfg.message_limit, cfg.max_inflight)
 
     async def handle(self, batch: coded_pb2.Batch) -> coded_pb2.BatchResult:
         """One batch; raises ServingError subclasses (mapped to status codes at the edge)."""
@@ -65,51 +68,29 @@ class BatchService:
             compute_us=int(computed.compute_us),
         )
 
-    async def stream(self, batches: AsyncIterator[coded_pb2.Batch]) -> AsyncIterator[coded_pb2.BatchResult]:
-        """Process batches concurrently (at most max_inflight at once); one result per batch, in completion
-        order. A batch with `cancel` set cancels the in-flight batch with its (group_id, index)."""
-        results: asyncio.Queue[coded_pb2.BatchResult | None] = asyncio.Queue()
-        inflight: dict[BatchKey, asyncio.Task[None]] = {}
+    def respond(self, batches: AsyncIterator[coded_pb2.Batch]) -> AsyncIterator[coded_pb2.BatchResult]:
+        """The batches of one stream processed concurrently (at most max_inflight at once), one result per
+        batch in completion order; a batch with `cancel` set withdraws the in-flight batch with its
+        (group_id, index)."""
         slots = asyncio.Semaphore(self.max_inflight)
 
-        async def answer(batch: coded_pb2.Batch) -> None:
-            try:
-                async with slots:
-                    result = await self.handle(batch)
-            except asyncio.CancelledError:
-                result = failed(batch, Cancelled(f"batch ({batch.group_id}, {batch.index}) cancelled"))
-            except Exception as error:
-                result = failed(batch, error)
-            inflight.pop((batch.group_id, batch.index), None)
-            results.put_nowait(result)
+        async def answer(batch: coded_pb2.Batch) -> coded_pb2.BatchResult:
+            async with slots:
+                return await self.handle(batch)
 
-        async def read() -> None:
-            try:
-                async for batch in batches:
-                    key = (batch.group_id, batch.index)
-                    if batch.cancel:
-                        if key in inflight:
-                            inflight[key].cancel()
-                    elif key in inflight:
-                        results.put_nowait(failed(batch, InvalidInput(f"batch {key} is already in flight")))
-                    elif len(inflight) >= self.max_inflight * PENDING_PER_SLOT:
-                        overloaded = Overloaded(f"over {len(inflight)} batches in flight")
-                        results.put_nowait(failed(batch, overloaded))
-                    else:
-                        inflight[key] = asyncio.create_task(answer(batch))
-                await asyncio.gather(*inflight.values(), return_exceptions=True)
-            finally:
-                results.put_nowait(None)
+        responder = StreamResponder(
+            answer, failed, self.max_inflight * PENDING_PER_SLOT, Withdrawal(_batch_key, _is_cancel)
+        )
+        return responder.respond(batches)
 
-        reader = asyncio.create_task(read())
-        try:
-            while (result := await results.get()) is not None:
-                yield result
-            await reader  # re-raises a failure of the request stream itself
-        finally:
-            reader.cancel()
-            for task in list(inflight.values()):
-                task.cancel()
+
+def _batch_key(batch: object) -> BatchKey:
+    assert isinstance(batch, coded_pb2.Batch)
+    return (batch.group_id, batch.index)
+
+
+def _is_cancel(batch: object) -> bool:
+    return bool(getattr(batch, "cancel", False))
 
 
 def failed(batch: coded_pb2.Batch, error: BaseException) -> coded_pb2.BatchResult:
@@ -129,30 +110,3 @@ def model_description(model: OnnxModel | None, cfg: ServingConfig, role: str) ->
         description.outputs.extend(specs(model.outputs))
         description.execution_provider = model.provider
     return description
-
-
-class BatchServicer:
-    """Unary, stream and Describe handlers over a BatchService; each service's servicer binds them to
-    its RPC names (Infer/InferStream, Encode/EncodeStream, Decode/DecodeStream)."""
-
-    def __init__(self, batches: BatchService, model: OnnxModel | None, cfg: ServingConfig, role: str) -> None:
-        self.batches = batches
-        self.model = model
-        self.cfg = cfg
-        self.role = role
-
-    async def unary(
-        self, request: coded_pb2.Batch, context: grpc.aio.ServicerContext
-    ) -> coded_pb2.BatchResult:
-        return await self.batches.handle(request)
-
-    async def stream(
-        self, request_iterator: AsyncIterator[coded_pb2.Batch], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[coded_pb2.BatchResult]:
-        async for result in self.batches.stream(request_iterator):
-            yield result
-
-    async def describe(
-        self, request: coded_pb2.DescribeRequest, context: grpc.aio.ServicerContext
-    ) -> coded_pb2.ModelDescription:
-        return model_description(self.model, self.cfg, self.role)

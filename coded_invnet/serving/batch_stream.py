@@ -22,7 +22,7 @@ import grpc
 from coded_invnet.proto import coded_pb2
 from coded_invnet.serving.errors import Unavailable
 
-BatchKey = tuple[int, int]
+BatchKey = tuple[int, int]  # (group_id, index): a batch's name on a stream
 OpenStream = Callable[[AsyncIterator[coded_pb2.Batch]], grpc.aio.StreamStreamCall]
 
 
@@ -54,6 +54,7 @@ class _Stream:
             error = Unavailable(f"{self.who}: the stream was closed")
         finally:
             self.broken = True
+            self.outbox.put_nowait(None)  # ends the request generator, and with it gRPC's task feeding it
             for future in self.pending.values():
                 if not future.done():
                     future.set_exception(error)
@@ -61,7 +62,6 @@ class _Stream:
 
     def close(self) -> None:
         self.broken = True
-        self.outbox.put_nowait(None)
         self.call.cancel()
         self.reader.cancel()
 

@@ -10,13 +10,18 @@ callers bound each streamed batch themselves (the frontend's straggler deadline)
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, ServingConfig
+
 DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = BACKEND_MAX_MESSAGE_BYTES
 RETRY_POLICY = {
     "maxAttempts": 3,
     "initialBackoff": "0.05s",
@@ -50,6 +55,46 @@ def channel_options(
         ("grpc.min_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1_000),
     ]
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """How a client channel does TLS: the CA that signed the server's certificate (None: the system's
+    roots), a client certificate and key for mutual TLS, and the name the server's certificate must
+    carry when it is not the target's host (e.g. a target given by IP address)."""
+
+    ca_file: str | os.PathLike[str] | None = None
+    cert_file: str | os.PathLike[str] | None = None
+    key_file: str | os.PathLike[str] | None = None
+    server_name: str = ""
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("TlsOptions: cert_file and key_file come together")
+
+    @classmethod
+    def from_config(cls, cfg: ServingConfig) -> TlsOptions:
+        """A service's client side: CODED_TLS_CA, CODED_TLS_CLIENT_CERT/KEY, CODED_TLS_SERVER_NAME."""
+        return cls(cfg.tls_ca, cfg.tls_client_cert, cfg.tls_client_key, cfg.tls_server_name)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca_file),
+            private_key=_read(self.key_file),
+            certificate_chain=_read(self.cert_file),
+        )
+
+    def options(self) -> list[tuple[str, str | int]]:
+        return [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+
+
+def _read(path: str | os.PathLike[str] | None) -> bytes | None:
+    return None if path is None else Path(path).read_bytes()
+
+
+def client_tls(cfg: ServingConfig) -> TlsOptions | None:
+    """The TLS a service uses towards the servers it calls: on when CODED_TLS_CA is set."""
+    return None if cfg.tls_ca is None else TlsOptions.from_config(cfg)
 
 
 class DefaultDeadline(grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
@@ -109,19 +154,33 @@ class _SyncCallDetails(grpc.ClientCallDetails):
 
 
 def create_channel(
-    target: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    target: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    tls: TlsOptions | None = None,
 ) -> grpc.aio.Channel:
-    """An insecure grpc.aio channel to `target` ("host:port" or "dns:///name:port")."""
-    return grpc.aio.insecure_channel(
-        target,
-        options=channel_options(timeout_s, max_message_bytes),
-        interceptors=[DefaultDeadline(timeout_s)],  # type: ignore[list-item]  # grpc-stubs lags grpc.aio
+    """A grpc.aio channel to `target` ("host:port" or "dns:///name:port"): plaintext, or TLS with `tls`."""
+    options = channel_options(timeout_s, max_message_bytes)
+    interceptors: list[Any] = [DefaultDeadline(timeout_s)]  # grpc-stubs lag grpc.aio's interceptor types
+    if tls is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(
+        target, tls.credentials(), options=options + tls.options(), interceptors=interceptors
     )
 
 
 def create_sync_channel(
-    target: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    target: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    tls: TlsOptions | None = None,
 ) -> grpc.Channel:
     """The blocking counterpart of create_channel."""
-    channel = grpc.insecure_channel(target, options=channel_options(timeout_s, max_message_bytes))
+    options = channel_options(timeout_s, max_message_bytes)
+    if tls is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        channel = grpc.secure_channel(target, tls.credentials(), options=options + tls.options())
     return grpc.intercept_channel(channel, SyncDefaultDeadline(timeout_s))

@@ -27,7 +27,13 @@ ROLES = ("data", "parity")
 DEVICES = ("auto", "cpu", "cuda")
 DELAY_KINDS = ("none", "fixed", "exponential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-TRANSPORTS = ("stream", "unary")
+# Backends exchange groups of up to max_batch rows with the frontend; their messages may be large.
+BACKEND_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest input row of the data sets the project serves (CIFAR-10: 3 x 32 x 32 float32): the
+# frontend's default message limit is what its per-client queue bound can take of such rows.
+LARGEST_QUERY_BYTES = 3 * 32 * 32 * 4
+MESSAGE_HEADROOM_BYTES = 64 * 1024  # request metadata, tensor names, protobuf framing
+SWITCH = ("off", "on")
 
 
 @dataclass(frozen=True)
@@ -39,9 +45,17 @@ class ServingConfig:
     metrics_port: int = 8002  # 0: any free port; -1: no metrics endpoint
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
-    max_message_bytes: int = 64 * 1024 * 1024
+    max_message_bytes: int = 0  # 0: the service's default (see `message_limit`)
     mode: str = "coded-invnet"
     k: int = 10
+    # TLS (every service; unset: plaintext). PEM files.
+    tls_cert: Path | None = None  # this server's certificate chain; with tls_key, the port serves TLS only
+    tls_key: Path | None = None
+    tls_ca: Path | None = None  # verifies the servers this process calls and, for mTLS, its clients
+    tls_require_client_cert: str = "off"  # "on": clients must present a certificate signed by tls_ca
+    tls_client_cert: Path | None = None  # presented to the servers this process calls (mTLS)
+    tls_client_key: Path | None = None
+    tls_server_name: str = ""  # the name servers' certificates are checked for (default: the target's host)
     # worker, encoder, decoder
     model_dir: Path = Path("models/mnist")
     model_file: Path | None = None  # overrides the file chosen from mode/role/k
@@ -55,6 +69,7 @@ class ServingConfig:
     fault_delay_probability: float = 0.0
     fault_failure_probability: float = 0.0
     fault_seed: int = 0
+    fault_api: str = "off"  # "on": SetFaults/GetFaults answer on the serving port (tests, benchmarks)
     # frontend
     model_name: str = "mnist"  # the name clients infer with (Open Inference Protocol)
     workers: tuple[str, ...] = ()  # "host:port" list, or one "dns:///name:port" target
@@ -68,19 +83,48 @@ class ServingConfig:
     parity_delay_ms: float = 0.0  # 0: the parity path starts with the data batches
     parity_delay_quantile: float = 0.9  # > 0: start it at this quantile of recent groups' latency
     max_queue: int = 4096
+    max_queue_per_client: int = 1024  # queued queries of one client (one connection, gRPC's peer)
     # few groups in flight (each worker has a batch computing and one or two queued): under load the
     # queue then fills bigger batches, which cost workers less per query (measured: 2 groups of up to
     # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)
     max_inflight_groups: int = 3
     rpc_timeout_s: float = 10.0
     discovery_interval_s: float = 5.0  # how often a dns:/// worker pool is resolved again
-    backend_transport: str = "stream"  # one bidirectional stream per backend, or a unary RPC per batch
+
+    @property
+    def message_limit(self) -> int:
+        """The largest gRPC message this service receives or sends: for the frontend what a client may
+        queue at once (so a request that cannot be admitted is refused before it is read in full), for
+        the backends room for a whole coding group."""
+        if self.max_message_bytes:
+            return self.max_message_bytes
+        if self.service == "frontend":
+            return self.max_queue_per_client * LARGEST_QUERY_BYTES + MESSAGE_HEADROOM_BYTES
+        return BACKEND_MAX_MESSAGE_BYTES
+
+    def __post_init__(self) -> None:
+        check_tls(self)
 
     def model_path(self) -> Path:
         """The ONNX file this service runs (see docs/CONTRACTS.md)."""
         if self.model_file is not None:
             return self.model_file
         return self.model_dir / default_model_file(self.service, self.mode, self.role, self.k)
+
+
+def check_tls(cfg: ServingConfig) -> None:
+    """The TLS settings that only work together: a key with its certificate, client certificates
+    checked against a CA."""
+    for cert, key in (("tls_cert", "tls_key"), ("tls_client_cert", "tls_client_key")):
+        if (getattr(cfg, cert) is None) != (getattr(cfg, key) is None):
+            raise ConfigError(f"{env_var(cert)} and {env_var(key)} come together: set both or neither")
+    if cfg.tls_require_client_cert == "on" and (cfg.tls_cert is None or cfg.tls_ca is None):
+        raise ConfigError(
+            "CODED_TLS_REQUIRE_CLIENT_CERT=on needs CODED_TLS_CERT/CODED_TLS_KEY (a TLS port) and "
+            "CODED_TLS_CA (the CA client certificates must chain to)"
+        )
+    if cfg.tls_client_cert is not None and cfg.tls_ca is None:
+        raise ConfigError("CODED_TLS_CLIENT_CERT needs CODED_TLS_CA to verify the servers it is presented to")
 
 
 def require_decodable_mode(cfg: ServingConfig) -> None:
@@ -98,6 +142,10 @@ def default_model_file(service: str, mode: str, role: str, k: int) -> str:
     raise ConfigError(f"service {service!r} runs no model")
 
 
+def env_var(field: str) -> str:
+    return "CODED_" + field.upper()
+
+
 @dataclass(frozen=True)
 class Setting:
     field: str
@@ -110,7 +158,7 @@ class Setting:
 
     @property
     def env_var(self) -> str:
-        return "CODED_" + self.field.upper()
+        return env_var(self.field)
 
     @property
     def flag(self) -> str:
@@ -119,6 +167,10 @@ class Setting:
 
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _pem_file(name: str, help: str, services: tuple[str, ...] = SERVICES) -> Setting:
+    return Setting(name, Path, help, services, check=Path.is_file, requirement="an existing file")
 
 
 def _probability(name: str, help: str) -> Setting:
@@ -145,9 +197,26 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("log_level", str.upper, "log level", choices=LOG_LEVELS),
     Setting("shutdown_grace_s", float, "seconds in-flight RPCs get on SIGTERM", check=_non_negative),
-    Setting("max_message_bytes", int, "largest gRPC message accepted or sent", check=_positive),
+    Setting(
+        "max_message_bytes",
+        int,
+        "largest gRPC message accepted or sent (0: the frontend's from its per-client bound, 64 MiB else)",
+        check=_non_negative,
+    ),
     Setting("mode", str, "coding mode", choices=CODING_MODES),
     Setting("k", int, "data batches per coding group", check=lambda k: k >= 2, requirement=">= 2"),
+    _pem_file("tls_cert", "server certificate chain (PEM); with --tls-key the port serves TLS only"),
+    _pem_file("tls_key", "server private key (PEM)"),
+    _pem_file("tls_ca", "CA bundle (PEM) that verifies the servers this process calls, and its clients"),
+    Setting(
+        "tls_require_client_cert",
+        str,
+        "mutual TLS: refuse clients without a certificate signed by --tls-ca",
+        choices=SWITCH,
+    ),
+    _pem_file("tls_client_cert", "client certificate (PEM) presented to the servers this process calls"),
+    _pem_file("tls_client_key", "client private key (PEM)"),
+    Setting("tls_server_name", str, "name the called servers' certificates must carry (default: their host)"),
     Setting("model_dir", Path, "folder of the ONNX models", MODEL_SERVICES),
     Setting("model_file", Path, "explicit ONNX file (overrides model_dir/mode/role/k)", MODEL_SERVICES),
     Setting("device", str, "execution provider", MODEL_SERVICES, choices=DEVICES),
@@ -159,6 +228,13 @@ SETTINGS: tuple[Setting, ...] = (
     _probability("fault_delay_probability", "chance a batch is delayed (0 with a delay set: always)"),
     _probability("fault_failure_probability", "chance a batch fails with UNAVAILABLE"),
     Setting("fault_seed", int, "fault injection seed (0: unseeded)", WORKER, check=_non_negative),
+    Setting(
+        "fault_api",
+        str,
+        "answer the SetFaults/GetFaults admin RPCs (off: PERMISSION_DENIED; static faults still apply)",
+        WORKER,
+        choices=SWITCH,
+    ),
     Setting("model_name", str, "model name clients ask for", FRONTEND),
     Setting("workers", _csv, "data worker targets, comma-separated", FRONTEND),
     Setting("parity_worker", str, "parity worker target", FRONTEND),
@@ -196,6 +272,13 @@ SETTINGS: tuple[Setting, ...] = (
         requirement="in [0, 1)",
     ),
     Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
+    Setting(
+        "max_queue_per_client",
+        int,
+        "queued queries of one client (connection) before RESOURCE_EXHAUSTED",
+        FRONTEND,
+        check=_positive,
+    ),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
     Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),
     Setting(
@@ -204,13 +287,6 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds between two resolutions of a dns:/// worker pool",
         FRONTEND,
         check=_positive,
-    ),
-    Setting(
-        "backend_transport",
-        str,
-        "backend calls: one stream per backend or a unary RPC per batch",
-        FRONTEND,
-        choices=TRANSPORTS,
     ),
 )
 
@@ -250,6 +326,14 @@ def load_config(
         elif environ.get(setting.env_var, "") != "":
             values[setting.field] = _convert(setting, environ[setting.env_var], setting.env_var)
     return replace(ServingConfig(), **values)
+
+
+def load_shared_config(environ: Mapping[str, str] | None = None) -> ServingConfig:
+    """The settings every service reads alike (port, TLS, ...) from env vars: for a tool that runs
+    beside any service, such as its health check."""
+    environ = os.environ if environ is None else environ
+    shared = [s for s in SETTINGS if s.services == SERVICES and environ.get(s.env_var, "") != ""]
+    return replace(ServingConfig(), **{s.field: _convert(s, environ[s.env_var], s.env_var) for s in shared})
 
 
 def describe(config: ServingConfig) -> dict[str, Any]:

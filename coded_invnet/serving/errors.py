@@ -34,6 +34,12 @@ class Unavailable(ServingError):
     status = "UNAVAILABLE"
 
 
+class PermissionDenied(ServingError):
+    """The call is known but this service is not set up to allow it (e.g. an admin RPC switched off)."""
+
+    status = "PERMISSION_DENIED"
+
+
 class DeadlineExceeded(ServingError):
     """The answer could not be produced before the caller's deadline."""
 
@@ -48,3 +54,14 @@ class Cancelled(ServingError):
 
 class ConfigError(ValueError):
     """A setting (env var or CLI flag) is invalid; the message names the setting."""
+
+
+QUOTE_LIMIT = 128  # characters of a client-supplied string that an error message repeats
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` for an error message: repr'd and cut to `limit` characters, so that a huge name sent by a
+    client cannot blow an error message past gRPC's metadata limit."""
+    if len(text) <= limit:
+        return repr(text)
+    return repr(text[:limit]) + f"... ({len(text)} characters)"

@@ -15,6 +15,7 @@ from coded_invnet.serving.errors import InvalidInput, ServingError
 
 log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error (details in the server log)"
+HEALTH_METHODS = "/grpc.health.v1.Health/"
 
 
 def status_of(error: BaseException) -> tuple[grpc.StatusCode, str]:
@@ -39,8 +40,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
+        if handler is None or handler_call_details.method.startswith(HEALTH_METHODS):
+            return handler  # grpc.health's Watch writes through its context: no domain errors to map
         # garbage bytes become INVALID_ARGUMENT (grpc would answer UNKNOWN) via a tolerant deserializer
         parse = _tolerant(handler.request_deserializer)
         if handler.unary_unary:

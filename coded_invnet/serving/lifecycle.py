@@ -7,7 +7,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import grpc
@@ -23,8 +23,6 @@ from coded_invnet.serving.structured_logging import configure_logging
 log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-# asyncio keeps only weak references to tasks: hold warm-up tasks until they finish.
-_WARM_UP_TASKS: set[asyncio.Task[None]] = set()
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -37,6 +35,18 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def server_credentials(cfg: ServingConfig) -> grpc.ServerCredentials:
+    """TLS from CODED_TLS_CERT/KEY; with CODED_TLS_REQUIRE_CLIENT_CERT=on, only clients presenting a
+    certificate signed by CODED_TLS_CA get through the handshake."""
+    assert cfg.tls_cert is not None and cfg.tls_key is not None  # paired: config.check_tls
+    mutual = cfg.tls_require_client_cert == "on"
+    return grpc.ssl_server_credentials(
+        [(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())],
+        root_certificates=cfg.tls_ca.read_bytes() if mutual and cfg.tls_ca else None,
+        require_client_auth=mutual,
+    )
+
+
 class ServiceHost:
     """A grpc.aio server with the shared plumbing; the service adds its servicers to `server`."""
 
@@ -46,17 +56,29 @@ class ServiceHost:
         self.metrics = metrics
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[ErrorMappingInterceptor()], options=server_options(cfg.max_message_bytes)
+            interceptors=[ErrorMappingInterceptor()], options=server_options(cfg.message_limit)
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        address = f"{cfg.host}:{cfg.port}"
         try:
-            self.port = self.server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+            if cfg.tls_cert is None:
+                self.port = self.server.add_insecure_port(address)
+            else:
+                self.port = self.server.add_secure_port(address, server_credentials(cfg))
         except RuntimeError as error:  # grpc's way of saying the address is taken or invalid
-            raise ConfigError(f"CODED_HOST/CODED_PORT {cfg.host}:{cfg.port}: cannot bind ({error})") from None
+            hint = "" if cfg.tls_cert is None else "; or CODED_TLS_CERT/CODED_TLS_KEY are not a PEM pair"
+            raise ConfigError(f"CODED_HOST/CODED_PORT {address}: cannot bind ({error}){hint}") from None
         self.metrics_port: int | None = None
+        self._warm_up: asyncio.Task[None] | None = None
+        self._cleanups: list[Callable[[], Awaitable[None]]] = []
+        self._stopped = False
 
-    async def start(self, warm_up: Callable[[], None]) -> None:
-        """Start answering at once (NOT_SERVING); flip to SERVING once `warm_up` (run in a thread) is done."""
+    def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Run `cleanup()` on stop, after the server stopped answering (last added, first run)."""
+        self._cleanups.append(cleanup)
+
+    async def start(self, warm_up: Callable[[], Awaitable[None]]) -> None:
+        """Start answering at once (NOT_SERVING); flip to SERVING once `warm_up()` is done."""
         for name in self.service_names:
             await self.health.set(name, NOT_SERVING)
         if self.cfg.metrics_port >= 0:
@@ -66,13 +88,11 @@ class ServiceHost:
             "started",
             extra={"port": self.port, "metrics_port": self.metrics_port, "config": describe(self.cfg)},
         )
-        task = asyncio.create_task(self._warm_up(warm_up))
-        _WARM_UP_TASKS.add(task)
-        task.add_done_callback(_WARM_UP_TASKS.discard)
+        self._warm_up = asyncio.create_task(self._warm_up_then_serve(warm_up), name="warm-up")
 
-    async def _warm_up(self, warm_up: Callable[[], None]) -> None:
+    async def _warm_up_then_serve(self, warm_up: Callable[[], Awaitable[None]]) -> None:
         try:
-            await asyncio.to_thread(warm_up)
+            await warm_up()
         except Exception:
             log.exception("warm-up failed; staying NOT_SERVING")
             return
@@ -81,13 +101,22 @@ class ServiceHost:
         log.info("serving", extra={"port": self.port})
 
     async def stop(self) -> None:
+        """Drain in-flight RPCs for the grace period, stop, then run the clean-ups; once."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._warm_up is not None:
+            self._warm_up.cancel()
+            await asyncio.gather(self._warm_up, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.cfg.shutdown_grace_s)
+        for cleanup in reversed(self._cleanups):
+            await cleanup()
         self.metrics.close()
         log.info("stopped")
 
     async def run_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then drain in-flight RPCs for the grace period and stop."""
+        """Serve until SIGTERM or SIGINT, then stop: in-flight RPCs drain for the grace period."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -97,32 +126,12 @@ class ServiceHost:
         await asyncio.wait({stopped, signalled}, return_when=asyncio.FIRST_COMPLETED)
         if signalled.done():
             log.info("signal received; shutting down", extra={"grace_s": self.cfg.shutdown_grace_s})
-            await self.stop()
+        await self.stop()  # before `stopped` is cancelled: cancelling that wait stops the server at once
         stopped.cancel()
         signalled.cancel()
 
 
-CreateServer = Callable[[ServingConfig], Coroutine[Any, Any, tuple[grpc.aio.Server, int]]]
 Serve = Callable[[ServingConfig], Coroutine[Any, Any, None]]
-
-
-def entry_points(
-    service: str, start: Callable[[ServingConfig], Coroutine[Any, Any, ServiceHost]]
-) -> tuple[CreateServer, Serve, Callable[[], None]]:
-    """`create_server(cfg) -> (server, port)`, `serve(cfg)` and `main()` of a service, from its `start`."""
-
-    async def create_server(cfg: ServingConfig) -> tuple[grpc.aio.Server, int]:
-        """A started server (NOT_SERVING until its model is loaded and warmed up) and its port."""
-        host = await start(cfg)
-        return host.server, host.port
-
-    async def serve(cfg: ServingConfig) -> None:
-        await (await start(cfg)).run_until_signalled()
-
-    def main() -> None:
-        run_service(service, serve)
-
-    return create_server, serve, main
 
 
 def run_service(

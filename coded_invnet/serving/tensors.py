@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from coded_invnet.proto import coded_pb2
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES
 from coded_invnet.serving.errors import InvalidInput, Overloaded
 
 # Little-endian on the wire whatever the host order.
@@ -22,7 +23,7 @@ DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 DATATYPES: dict[np.dtype, str] = {dtype.newbyteorder("="): name for name, dtype in DTYPES.items()}
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_BYTES = BACKEND_MAX_MESSAGE_BYTES
 
 
 def datatype_of(dtype: np.dtype) -> str:

@@ -184,7 +184,12 @@ async def run_bench(
             straggler_timeout_ms = plan.timeout_s * 1e3 if mode == "none" else plan.straggler_timeout_ms
             settings = {"straggler_timeout_ms": straggler_timeout_ms}
             with launch(
-                model_dir, mode, k, frontend_settings=settings, parity_niceness=plan.parity_niceness
+                model_dir,
+                mode,
+                k,
+                frontend_settings=settings,
+                parity_niceness=plan.parity_niceness,
+                fault_api=True,  # the straggler phase delays a worker through SetFaults
             ) as system:
                 # warm-up: connections, caches, onnxruntime's first runs
                 await run_round(system, "none", test, plan, plan.seed, FaultTally())

@@ -25,9 +25,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from coded_invnet.client import AsyncClient
+from coded_invnet.client import AsyncClient, TlsOptions
 from coded_invnet.data import load_dataset
-from coded_invnet.tools.openloop import poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.openloop import (
+    add_tls_arguments,
+    poisson_schedule,
+    run_open_loop,
+    summarize,
+    tls_from_arguments,
+)
 
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
 
@@ -126,14 +132,19 @@ class ChaosPlan:
 
 
 async def run_chaos(
-    killer: WorkerKiller, target: str, model_name: str, dataset: str, plan: ChaosPlan
+    killer: WorkerKiller,
+    target: str,
+    model_name: str,
+    dataset: str,
+    plan: ChaosPlan,
+    tls: TlsOptions | None = None,
 ) -> dict[str, Any]:
     """Load `target` for plan.duration_s while killing a random data worker every plan.kill_every_s."""
     test = load_dataset(dataset).test
     schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
     chooser = random.Random(plan.seed)
     killed: list[str] = []
-    async with AsyncClient(target, model_name, plan.timeout_s) as client:
+    async with AsyncClient(target, model_name, plan.timeout_s, tls) as client:
         queries = run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
         load = asyncio.create_task(queries)
         start = time.perf_counter()
@@ -169,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cluster = parser.add_argument_group("cluster (used when KUBECONFIG is set or in a pod)")
     cluster.add_argument("--target", default="frontend:8001", help="frontend host:port")
     cluster.add_argument("--namespace", default="coded-invnet")
+    add_tls_arguments(cluster)
     local = parser.add_argument_group("local (otherwise): the launcher's system")
     local.add_argument("--model-dir", default="models/mnist")
     local.add_argument("--mode", default="coded-invnet")
@@ -179,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     pod_killer = cluster_pod_killer(args.namespace, args.k)
     if pod_killer is not None:
-        report = asyncio.run(run_chaos(pod_killer, args.target, args.model, args.dataset, plan))
+        tls = tls_from_arguments(args)
+        report = asyncio.run(run_chaos(pod_killer, args.target, args.model, args.dataset, plan, tls))
         report["where"] = f"kubernetes namespace {args.namespace}"
     else:
         report = asyncio.run(run_local(args, plan))

@@ -49,7 +49,7 @@ LOOPBACK = "127.0.0.1"
 # Backend pods get consecutive (gRPC, metrics) port pairs from here; the frontend keeps its manifest ports.
 BACKEND_PORTS_FROM = 18001
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
-# A probe's timeout is for the gRPC call; the container's health command also starts Python first.
+# Seconds a health command needs to start Python before its gRPC call.
 HEALTH_COMMAND_START_S = 5
 
 # Podman on a host without CAP_SYS_RESOURCE cannot raise RLIMIT_NOFILE/NPROC to its defaults, and crun
@@ -196,11 +196,31 @@ def image_contents_mb(engine: Engine, image: str, paths: Sequence[str]) -> dict[
 # --- the manifests, as containers ---
 
 
+# A native gRPC probe checks grpc.health.v1 on the container's port: this command does the same from inside.
+GRPC_PROBE_COMMAND = ("python", "-m", "coded_invnet.serving.health_check")
+
+
 @dataclass(frozen=True)
 class HealthCheck:
+    """A pod's readiness probe as the engine's health check."""
+
+    command: tuple[str, ...]
     interval_s: int
     timeout_s: int
     retries: int
+
+    @classmethod
+    def from_probe(cls, probe: dict[str, Any]) -> HealthCheck:
+        timeout_s = probe.get("timeoutSeconds", 1)
+        if "exec" in probe:
+            command = tuple(probe["exec"]["command"])
+        elif "grpc" in probe:
+            command = (*GRPC_PROBE_COMMAND, "--timeout", str(timeout_s))
+            # The kubelet's timeout covers the call; this command also starts Python first.
+            timeout_s += HEALTH_COMMAND_START_S
+        else:
+            raise ContainerError(f"probe {probe}: only exec and grpc probes are translated")
+        return cls(command, probe.get("periodSeconds", 10), timeout_s, probe.get("failureThreshold", 3))
 
 
 @dataclass(frozen=True)
@@ -253,14 +273,11 @@ class ContainerSpec:
         else:
             args += [
                 "--health-cmd",
-                shlex.join(
-                    ["python", "-m", "coded_invnet.tools.healthcheck", "--target", self.target]
-                    + ["--timeout", str(self.health.timeout_s)]
-                ),
+                shlex.join(self.health.command),
                 "--health-interval",
                 f"{self.health.interval_s}s",
                 "--health-timeout",
-                f"{self.health.timeout_s + HEALTH_COMMAND_START_S}s",
+                f"{self.health.timeout_s}s",
                 "--health-retries",
                 str(self.health.retries),
             ]
@@ -427,13 +444,7 @@ def container_specs(
                 memory=memory_quantity(limits["memory"]) if "memory" in limits else None,
                 port=ports[pod][0],
                 metrics_port=ports[pod][1],
-                health=HealthCheck(
-                    probe.get("periodSeconds", 10),
-                    probe.get("timeoutSeconds", 1),
-                    probe.get("failureThreshold", 3),
-                )
-                if probe
-                else None,
+                health=HealthCheck.from_probe(probe) if probe else None,
                 labels=tuple(sorted({**labels, PART_OF_LABEL: SYSTEM, POD_LABEL: pod}.items())),
             )
         )

@@ -23,6 +23,7 @@ the frontend pointed at them; each gets free loopback ports (gRPC and Prometheus
 grpc.health.v1 service, or raises `LaunchError` with the tail of the failing process's log.
 Extra settings go to every process (`settings`) or to one service (`frontend_settings`,
 `worker_settings`) as config field names, e.g. ``frontend_settings={"straggler_timeout_ms": 30}``.
+The workers' fault injection API (SetFaults/GetFaults) is off unless `fault_api=True` (`--fault-api`).
 The parity path (parity worker, encoder) runs at a lower CPU priority (`parity_niceness`): it is
 insurance, and on cores shared by every process it must not slow the data path down.
 """
@@ -46,7 +47,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.coding import CODING_MODES
+from coded_invnet.serving.channels import TlsOptions, create_sync_channel
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
+from coded_invnet.tools.certificates import Certificates, make_certificates
 
 HOST = "127.0.0.1"
 Settings = Mapping[str, object]
@@ -66,6 +69,7 @@ class ServiceProcess:
     process: subprocess.Popen[bytes]
     log_path: Path
     command: list[str]
+    tls: TlsOptions | None = None  # how the launcher reaches it (health checks)
 
     @property
     def pid(self) -> int:
@@ -130,6 +134,7 @@ class System:
     log_dir: Path
     mode: str
     k: int
+    client_tls: TlsOptions | None = None  # for clients of the frontend: None when the system is plaintext
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -170,14 +175,21 @@ def _flags(settings: Settings) -> list[str]:
     return flags
 
 
-def _start(name: str, service: str, settings: Settings, log_dir: Path, niceness: int = 0) -> ServiceProcess:
+def _start(
+    name: str,
+    service: str,
+    settings: Settings,
+    log_dir: Path,
+    niceness: int = 0,
+    tls: TlsOptions | None = None,
+) -> ServiceProcess:
     port, metrics_port = free_port(), free_port()
     all_settings = {"host": HOST, "port": port, "metrics_port": metrics_port, **settings}
     log_path = log_dir / f"{name}.log"
     command = [sys.executable, "-m", f"services.{service}.server", *_flags(all_settings)]
     if niceness:
         command = ["nice", "-n", str(niceness), *command]  # nice execs: the pid stays the service's
-    return ServiceProcess(name, port, metrics_port, _spawn(command, log_path), log_path, command)
+    return ServiceProcess(name, port, metrics_port, _spawn(command, log_path), log_path, command, tls)
 
 
 def _spawn(command: list[str], log_path: Path, append: bool = False) -> subprocess.Popen[bytes]:
@@ -191,7 +203,7 @@ def wait_serving(services: list[ServiceProcess], timeout_s: float) -> None:
     """Block until every service answers SERVING on grpc.health.v1, or raise LaunchError."""
     deadline = time.monotonic() + timeout_s
     for service in services:
-        with grpc.insecure_channel(service.target) as channel:
+        with create_sync_channel(service.target, tls=service.tls) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while True:
                 if not service.alive():
@@ -227,16 +239,27 @@ def launch(
     ready_timeout_s: float = 120.0,
     stop_grace_s: float = 5.0,
     parity_niceness: int = 10,
+    fault_api: bool = False,
+    tls: bool = False,
 ) -> Iterator[System]:
-    """Start the system, yield it once every service is SERVING, stop everything on exit."""
-    common: dict[str, object] = {"mode": mode, "k": k, **(settings or {})}
-    # one onnxruntime thread per model process: many processes share few cores
-    model_common: dict[str, object] = {"model_dir": str(model_dir), "ort_threads": 1, **common}
+    """Start the system, yield it once every service is SERVING, stop everything on exit.
+    `fault_api`: the workers answer SetFaults/GetFaults (for benchmarks and tests that inject faults).
+    `tls`: every port serves TLS with throwaway certificates (deleted on exit); the backends accept only
+    the frontend's client certificate; clients of the frontend use `system.client_tls`."""
     with ExitStack() as stack:
         if log_dir is None:
             log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="coded-invnet-"))
         logs = Path(log_dir)
         logs.mkdir(parents=True, exist_ok=True)
+        certificates = None
+        if tls:
+            certificates = make_certificates(
+                Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coded-invnet-tls-")))
+            )
+        backend_tls, frontend_tls, probe_tls = _tls_settings(certificates)
+        common: dict[str, object] = {"mode": mode, "k": k, **(settings or {})}
+        # one onnxruntime thread per model process: many processes share few cores
+        model_common = {"model_dir": str(model_dir), "ort_threads": 1, **backend_tls, **common}
         started: list[ServiceProcess] = []
 
         @stack.callback
@@ -245,10 +268,10 @@ def launch(
                 service.terminate(stop_grace_s)
 
         def start(name: str, service: str, extra: Settings, niceness: int = 0) -> ServiceProcess:
-            started.append(_start(name, service, extra, logs, niceness))
+            started.append(_start(name, service, extra, logs, niceness, probe_tls))
             return started[-1]
 
-        worker_extra = {**model_common, **(worker_settings or {})}
+        worker_extra = {**model_common, "fault_api": "on" if fault_api else "off", **(worker_settings or {})}
         workers = [start(f"worker-{i}", "worker", {**worker_extra, "role": "data"}) for i in range(k)]
         parity = encoder = decoder = None
         if mode in DECODABLE_MODES:
@@ -264,9 +287,28 @@ def launch(
         # Backends first: the frontend's warm-up asks worker 0 to describe its model, which a worker
         # still loading answers with an empty description.
         wait_serving(started, ready_timeout_s)
-        frontend = start("frontend", "frontend", {**common, **backends, **(frontend_settings or {})})
+        frontend = start(
+            "frontend", "frontend", {**frontend_tls, **common, **backends, **(frontend_settings or {})}
+        )
         wait_serving([frontend], ready_timeout_s)
-        yield System(frontend, workers, parity, encoder, decoder, logs, mode, k)
+        client_tls = TlsOptions(certificates.ca) if certificates else None
+        yield System(frontend, workers, parity, encoder, decoder, logs, mode, k, client_tls)
+
+
+def _tls_settings(certificates: Certificates | None) -> tuple[Settings, Settings, TlsOptions | None]:
+    """The backends' settings, the frontend's, and the launcher's own client TLS (its health checks).
+    Every port serves the one server certificate; the backends take calls only from holders of the
+    client certificate (the frontend and the launcher)."""
+    if certificates is None:
+        return {}, {}, None
+    server = {
+        "tls_cert": certificates.server_cert,
+        "tls_key": certificates.server_key,
+        "tls_ca": certificates.ca,
+    }
+    client = {"tls_client_cert": certificates.client_cert, "tls_client_key": certificates.client_key}
+    probe = TlsOptions(certificates.ca, certificates.client_cert, certificates.client_key)
+    return {**server, "tls_require_client_cert": "on"}, {**server, **client}, probe
 
 
 def _interrupt_once(*_: object) -> None:
@@ -280,17 +322,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mode", default="coded-invnet", choices=CODING_MODES)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--log-dir", default="results/logs", help="one log file per service")
+    parser.add_argument(
+        "--fault-api", action="store_true", help="let callers inject faults into the workers (SetFaults)"
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="TLS on every port (throwaway certificates; mutual TLS to backends)",
+    )
     args = parser.parse_args(argv)
     # run the clean-up of `launch` on SIGTERM, and on Ctrl-C even where SIGINT came in ignored
     # (background jobs of a non-interactive shell); a second Ctrl-C must not cut the clean-up short
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
+        with launch(
+            args.model_dir, args.mode, args.k, log_dir=args.log_dir, fault_api=args.fault_api, tls=args.tls
+        ) as system:
             for name, service in system.services.items():
                 print(
                     f"{name:14s} {service.target:22s} metrics :{service.metrics_port:<6d} pid {service.pid}"
                 )
+            if system.client_tls is not None:
+                print(f"TLS: clients verify the frontend with the CA {system.client_tls.ca_file}")
             print(
                 f"all SERVING; clients: {system.frontend.target}; logs: {system.log_dir}; Ctrl-C stops",
                 flush=True,

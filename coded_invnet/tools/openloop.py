@@ -16,11 +16,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
-from coded_invnet.client import AsyncClient, Prediction
+from coded_invnet.client import AsyncClient, Prediction, TlsOptions
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,22 @@ def write_csv(outcomes: Sequence[Outcome], path: Path) -> None:
         writer.writerows(asdict(o) for o in outcomes)
 
 
+def add_tls_arguments(parser: Any) -> None:
+    """`--tls-ca` / `--tls-server-name`: talk TLS to the frontend (its clients need no certificate)."""
+    parser.add_argument("--tls-ca", default=None, help="TLS: the CA (PEM) the frontend's certificate is from")
+    parser.add_argument("--tls-server-name", default="", help="TLS: the name on it, if not the target's host")
+
+
+def tls_from_arguments(args: Any) -> TlsOptions | None:
+    return None if args.tls_ca is None else TlsOptions(args.tls_ca, server_name=args.tls_server_name)
+
+
 async def _main(args: argparse.Namespace) -> None:
     from coded_invnet.data import load_dataset
 
     test = load_dataset(args.dataset).test
     schedule = poisson_schedule(args.rate, args.duration, args.seed)
-    async with AsyncClient(args.target, args.model, args.timeout) as client:
+    async with AsyncClient(args.target, args.model, args.timeout, tls_from_arguments(args)) as client:
         outcomes = await run_open_loop(client.predict, test.images, test.labels, schedule, args.timeout)
     write_csv(outcomes, args.out)
     print(summarize(outcomes, args.duration))
@@ -131,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="deadline of each request (s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/openloop.csv"), help="per-request CSV")
+    add_tls_arguments(parser)
     asyncio.run(_main(parser.parse_args(argv)))
 
 

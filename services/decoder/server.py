@@ -3,10 +3,12 @@ then head.onnx; parm: the same subtraction in logit space (no model)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from coded_invnet.proto import coded_pb2_grpc
-from coded_invnet.serving.batch_service import BatchService
+from coded_invnet.serving.batch_service import BatchProcessor
 from coded_invnet.serving.config import ServingConfig, require_decodable_mode
-from coded_invnet.serving.lifecycle import ServiceHost, entry_points
+from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.metrics import ServingMetrics
 from coded_invnet.serving.onnx_model import open_model
 from services.decoder.runtime import DecoderRuntime
@@ -16,19 +18,26 @@ SERVICE_NAME = "coded.v1.Decoder"
 
 
 async def start(cfg: ServingConfig) -> ServiceHost:
+    """A started decoder: answering at once, NOT_SERVING until its head is loaded and warmed up."""
     require_decodable_mode(cfg)
     head = open_model(cfg) if cfg.mode == "coded-invnet" else None
     metrics = ServingMetrics(head.name if head else "parm-decoder")
     runtime = DecoderRuntime(cfg.mode, cfg.k, head, metrics)
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
-    batches = BatchService.for_config(runtime.decode, metrics, cfg)
-    servicer = DecoderServicer(batches, head, cfg, "decoder")
+    servicer = DecoderServicer(BatchProcessor.for_config(runtime.decode, metrics, cfg), head, cfg)
     coded_pb2_grpc.add_DecoderServicer_to_server(servicer, host.server)
-    await host.start(runtime.warm_up)
+    await host.start(lambda: asyncio.to_thread(runtime.warm_up))
     return host
 
 
-create_server, serve, main = entry_points("decoder", start)
+async def serve(cfg: ServingConfig) -> None:
+    host = await start(cfg)
+    await host.run_until_signalled()
+
+
+def main() -> None:
+    run_service("decoder", serve)
+
 
 if __name__ == "__main__":
     main()

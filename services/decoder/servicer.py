@@ -1,12 +1,33 @@
-"""Decoder gRPC servicer: proto ↔ domain only (the shared BatchServicer under the Decoder RPC names)."""
+"""Decoder gRPC servicer: proto ↔ domain only."""
 
 from __future__ import annotations
 
-from coded_invnet.proto import coded_pb2_grpc
-from coded_invnet.serving.batch_service import BatchServicer
+from collections.abc import AsyncIterator
+
+import grpc
+
+from coded_invnet.proto import coded_pb2, coded_pb2_grpc
+from coded_invnet.serving.batch_service import BatchProcessor, model_description
+from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.onnx_model import OnnxModel
 
 
-class DecoderServicer(BatchServicer, coded_pb2_grpc.DecoderServicer):
-    Decode = BatchServicer.unary
-    DecodeStream = BatchServicer.stream
-    Describe = BatchServicer.describe
+class DecoderServicer(coded_pb2_grpc.DecoderServicer):
+    def __init__(self, batches: BatchProcessor, head: OnnxModel | None, cfg: ServingConfig) -> None:
+        self._batches, self._head, self._cfg = batches, head, cfg  # head: None for ParM (no model)
+
+    async def Decode(
+        self, request: coded_pb2.Batch, context: grpc.aio.ServicerContext
+    ) -> coded_pb2.BatchResult:
+        return await self._batches.handle(request)
+
+    async def DecodeStream(
+        self, request_iterator: AsyncIterator[coded_pb2.Batch], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[coded_pb2.BatchResult]:
+        async for result in self._batches.respond(request_iterator):
+            yield result
+
+    async def Describe(
+        self, request: coded_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> coded_pb2.ModelDescription:
+        return model_description(self._head, self._cfg, "decoder")

@@ -1,10 +1,8 @@
 """gRPC implementation of the batcher's `Backends`: data workers, encoder, parity worker, decoder.
 
-With `backend_transport=stream` (the default) every backend is reached over one long-lived
-bidirectional stream carrying many batches at once (`BatchStream`: a deadline per batch, in-stream
-cancellation); with `unary`, each batch is one RPC with its own deadline and UNAVAILABLE retries from
-the channel's service config. Either way, cancelling the awaiting task withdraws the batch at the
-backend: that is how a straggler's call is cancelled.
+Every backend is reached over one long-lived bidirectional stream carrying many batches at once
+(`BatchStream`: a deadline per batch, in-stream cancellation, reopened when it breaks). Cancelling the
+awaiting task withdraws the batch at the backend: that is how a straggler's call is cancelled.
 """
 
 from __future__ import annotations
@@ -12,22 +10,22 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.batch_stream import BatchStream
-from coded_invnet.serving.channels import create_channel
-from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
+from coded_invnet.serving.channels import client_tls, create_channel
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.serving.tensors import arrays_from_proto, arrays_to_proto
-from services.frontend.batcher import WorkerOutput
+from services.frontend.group import WorkerOutput
+from services.frontend.inference import ModelSpec
 
 DNS_SCHEME = "dns:///"
-DESCRIBE_ATTEMPT_S = 1.0
 
 
 def is_dns_target(targets: Sequence[str]) -> bool:
@@ -65,22 +63,12 @@ def check_targets(cfg: ServingConfig) -> None:
         )
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """The data workers' model as the frontend serves it."""
-
-    input_name: str
-    image_shape: tuple[int, ...]  # (C, H, W)
-    num_classes: int
-
-
 class GrpcBackends:
     """Channels and stubs to every backend; create inside the event loop, `close()` when done."""
 
     def __init__(self, cfg: ServingConfig, workers: Sequence[str]) -> None:
         self._cfg = cfg
         self._channels: dict[str, grpc.aio.Channel] = {}  # by backend ("data worker 3", "encoder", ...)
-        self._routes: dict[str, tuple[Any, Any]] = {}  # backend → (unary method, stream method)
         self._streams: dict[str, BatchStream] = {}
         self._retiring: set[asyncio.Task[None]] = set()  # closing the channels of moved workers
         self.workers = list(workers)
@@ -93,13 +81,13 @@ class GrpcBackends:
 
     def _connect(self, who: str, target: str, stub_type: Any, method: str) -> None:
         channel = create_channel(
-            target, timeout_s=self._cfg.rpc_timeout_s, max_message_bytes=self._cfg.max_message_bytes
+            target,
+            timeout_s=self._cfg.rpc_timeout_s,
+            max_message_bytes=BACKEND_MAX_MESSAGE_BYTES,
+            tls=client_tls(self._cfg),
         )
-        stub = stub_type(channel)
         self._channels[who] = channel
-        self._routes[who] = (getattr(stub, method), getattr(stub, method + "Stream"))
-        if self._cfg.backend_transport == "stream":
-            self._streams[who] = BatchStream(self._routes[who][1], who)
+        self._streams[who] = BatchStream(getattr(stub_type(channel), method + "Stream"), who)
 
     async def replace_workers(self, workers: Sequence[str]) -> None:
         """Point the data-worker slots whose address changed (a pod restarted with a new IP) at their new
@@ -134,46 +122,35 @@ class GrpcBackends:
         await asyncio.gather(*(c.close(None) for c in self._channels.values()))
 
     async def describe_model(self, wait_s: float) -> ModelSpec:
-        """Ask data worker 0 for its model's input and output shapes, waiting (up to wait_s) for it to
-        come up and load its model."""
-        give_up_at = asyncio.get_running_loop().time() + wait_s
-        while True:
-            left = give_up_at - asyncio.get_running_loop().time()
-            # short attempts: each one asks the slot's current channel (discovery may have moved it)
-            try:
-                description = await coded_pb2_grpc.WorkerStub(self._channels["data worker 0"]).Describe(
-                    coded_pb2.DescribeRequest(),
-                    timeout=max(min(left, DESCRIBE_ATTEMPT_S), 0.01),
-                    wait_for_ready=True,
-                )
-            except grpc.aio.AioRpcError as exc:
-                if left <= 0:
-                    raise Unavailable(f"data worker 0: {exc.code().name} {exc.details()}") from None
-                await asyncio.sleep(0.05)  # an error that comes at once must not make this loop spin
-                continue
-            inputs = {t.name: t for t in description.inputs}
-            outputs = {t.name: t for t in description.outputs}
-            if len(inputs) == 1 and "logits" in outputs:
-                (spec,) = inputs.values()
-                return ModelSpec(
-                    spec.name, tuple(int(d) for d in spec.shape[1:]), int(outputs["logits"].shape[-1])
-                )
-            if left <= 0:
-                raise Unavailable(f"data worker model has inputs {list(inputs)} and outputs {list(outputs)}")
-            await asyncio.sleep(0.05)  # still loading its model
+        """Wait (up to wait_s) until data worker 0 is SERVING, i.e. has loaded its model, then ask it for
+        its model's input and output shapes. A worker that is down fails this at once (the caller tries
+        again, on the slot's channel of then: discovery may have moved it)."""
+        channel = self._channels["data worker 0"]
+        try:
+            async with asyncio.timeout(wait_s):
+                watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+                async for reply in watch:
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        watch.cancel()
+                        break
+                description = await coded_pb2_grpc.WorkerStub(channel).Describe(coded_pb2.DescribeRequest())
+        except TimeoutError:
+            raise Unavailable(f"data worker 0 was not SERVING within {wait_s:g} s") from None
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"data worker 0: {exc.code().name} {exc.details()}") from None
+        inputs = {t.name: t for t in description.inputs}
+        outputs = {t.name: t for t in description.outputs}
+        if len(inputs) != 1 or "logits" not in outputs:
+            raise Unavailable(f"data worker model has inputs {list(inputs)} and outputs {list(outputs)}")
+        (spec,) = inputs.values()
+        return ModelSpec(spec.name, tuple(int(d) for d in spec.shape[1:]), int(outputs["logits"].shape[-1]))
 
     async def _call(self, who: str, group_id: int, index: int, **arrays: np.ndarray) -> dict:
         batch = coded_pb2.Batch(group_id=group_id, index=index, tensors=arrays_to_proto(arrays))
-        if who in self._streams:
-            result = await self._streams[who].call(batch, self._cfg.rpc_timeout_s)
-        else:
-            try:
-                result = await self._routes[who][0](batch, timeout=self._cfg.rpc_timeout_s)
-            except grpc.aio.AioRpcError as exc:
-                raise Unavailable(f"{who}: {exc.code().name} {exc.details()}") from None
+        result = await self._streams[who].call(batch, self._cfg.rpc_timeout_s)
         if result.HasField("error"):
             raise Unavailable(f"{who}: status {result.error.code} {result.error.message}")
-        return arrays_from_proto(result.tensors, max_bytes=self._cfg.max_message_bytes)
+        return arrays_from_proto(result.tensors, max_bytes=BACKEND_MAX_MESSAGE_BYTES)
 
     async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
         out = await self._call(f"data worker {worker}", group_id, index, x=images)

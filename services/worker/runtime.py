@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coded_invnet.serving.config import DELAY_KINDS, ServingConfig
-from coded_invnet.serving.errors import InvalidInput, Unavailable
+from coded_invnet.serving.errors import InvalidInput, PermissionDenied, Unavailable
 from coded_invnet.serving.onnx_model import Computed, OnnxModel
 
 
@@ -70,10 +70,33 @@ class FaultInjector:
             raise Unavailable("injected failure")
 
 
+FAULT_API_OFF = (
+    "the fault injection API is off on this worker; start it with CODED_FAULT_API=on (--fault-api on) "
+    "to allow SetFaults/GetFaults"
+)
+
+
 class WorkerRuntime:
-    def __init__(self, model: OnnxModel, faults: FaultInjector) -> None:
+    """`fault_api`: whether callers may read and change the injected faults at run time; the faults
+    configured at start apply either way."""
+
+    def __init__(self, model: OnnxModel, faults: FaultInjector, fault_api: bool = False) -> None:
         self.model = model
         self.faults = faults
+        self.fault_api = fault_api
+
+    def set_faults(self, spec: FaultSpec) -> FaultSpec:
+        self.require_fault_api()
+        self.faults.configure(spec)
+        return self.faults.spec
+
+    def get_faults(self) -> FaultSpec:
+        self.require_fault_api()
+        return self.faults.spec
+
+    def require_fault_api(self) -> None:
+        if not self.fault_api:
+            raise PermissionDenied(FAULT_API_OFF)
 
     async def infer(self, feeds: dict[str, np.ndarray]) -> Computed:
         await self.faults.apply()

@@ -3,10 +3,12 @@ coded_invnet.serving.config). Data and parity workers are the same service with 
 
 from __future__ import annotations
 
+import asyncio
+
 from coded_invnet.proto import coded_pb2_grpc
-from coded_invnet.serving.batch_service import BatchService
+from coded_invnet.serving.batch_service import BatchProcessor
 from coded_invnet.serving.config import ServingConfig
-from coded_invnet.serving.lifecycle import ServiceHost, entry_points
+from coded_invnet.serving.lifecycle import ServiceHost, run_service
 from coded_invnet.serving.metrics import ServingMetrics
 from coded_invnet.serving.onnx_model import open_model
 from services.worker.runtime import FaultInjector, FaultSpec, WorkerRuntime
@@ -16,17 +18,25 @@ SERVICE_NAME = "coded.v1.Worker"
 
 
 async def start(cfg: ServingConfig) -> ServiceHost:
+    """A started worker: answering at once, NOT_SERVING until its model is loaded and warmed up."""
     model = open_model(cfg)
     metrics = ServingMetrics(model.name)
-    runtime = WorkerRuntime(model, FaultInjector(FaultSpec.from_config(cfg)))
+    runtime = WorkerRuntime(model, FaultInjector(FaultSpec.from_config(cfg)), fault_api=cfg.fault_api == "on")
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
-    servicer = WorkerServicer(runtime, BatchService.for_config(runtime.infer, metrics, cfg), cfg)
+    servicer = WorkerServicer(runtime, BatchProcessor.for_config(runtime.infer, metrics, cfg), cfg)
     coded_pb2_grpc.add_WorkerServicer_to_server(servicer, host.server)
-    await host.start(model.load)
+    await host.start(lambda: asyncio.to_thread(model.load))
     return host
 
 
-create_server, serve, main = entry_points("worker", start)
+async def serve(cfg: ServingConfig) -> None:
+    host = await start(cfg)
+    await host.run_until_signalled()
+
+
+def main() -> None:
+    run_service("worker", serve)
+
 
 if __name__ == "__main__":
     main()

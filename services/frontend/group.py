@@ -1,0 +1,319 @@
+"""One coding group's life: dispatch, collect, recover. Pure asyncio, no gRPC.
+
+A group holds k data batches of b ≤ B queries each. Queries are dealt round-robin (query q goes to
+batch q mod k, row q div k), so a partial group has batches of equal size b = ceil(n / k); the empty slots
+are padded with zero images. Padding rows are computed like real ones because decoding row i of one batch
+needs row i of every other batch; a batch of padding only is not sent at all when the output of a zero
+image is known (`Batcher.learn_padding`). Parity row i encodes row i of each of the k batches.
+
+The k data batches go out at once; the parity path (encoder, then parity worker) starts after the hedge
+delay (`ParityDelay`), or at once when a batch fails. A query is answered as soon as its own batch is
+in, or as soon as the parity and the other k-1 batches are in (any k of the k+1 results decode the last
+one; `decode_wait_ms` can give the last one a little longer); the straggling call is then cancelled.
+
+Recovery, so that nothing is lost and no group waits for a backend's 10 s deadline:
+- a failed batch is decoded when the parity lets it be, and re-sent to the next worker when it cannot
+  be decoded, or when the decode has not come by the straggler deadline (the parity path may be stuck);
+- a batch still computing at the straggler deadline is re-sent once (hedged) when it alone is late and
+  cannot be decoded; several late batches mean a loaded pool, which duplicate work would only load more,
+  so they are hedged only at `LATE_HEDGE_FACTOR` times the straggler deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
+from coded_invnet.serving.errors import Unavailable
+from services.frontend.queue import Query
+
+LATE_HEDGE_FACTOR = 10
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WorkerOutput:
+    logits: np.ndarray  # (b, classes)
+    z: np.ndarray | None  # (b, D); None when the model has no latent output
+
+
+class Backends(Protocol):
+    """The calls a group makes; each raises on failure and is cancellable."""
+
+    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput: ...
+
+    async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
+        """(b, k, C, H, W) data batches → (b, C, H, W) parity images."""
+        ...
+
+    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+        """Parity images → what decoding needs: z_p (coded-invnet) or parity logits (parm)."""
+        ...
+
+    async def decode(
+        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+    ) -> np.ndarray:
+        """Parity output (b, D) and the other members (k-1, b, D) → logits (b, classes) of ``missing``."""
+        ...
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    logits: np.ndarray  # (classes,)
+    reconstructed: bool
+    queue_s: float = 0.0  # from submission until its group was dispatched
+
+
+@dataclass
+class GroupReport:
+    """What happened in one coding group (for metrics and the hedge policy)."""
+
+    queries: int
+    batch_size: int
+    reconstructed_batches: int = 0
+    resent_batches: int = 0
+    failed_batches: int = 0
+    decode_seconds: float = 0.0
+    parity_started: bool = False  # the parity path ran (or was running) for this group
+    clean_seconds: float | None = None  # dispatch → all answered, for groups answered by data workers only
+
+
+@dataclass
+class _Batch:
+    """One of the k data batches of a group."""
+
+    queries: list[Query[QueryResult]]
+    answered: bool = False
+    output: np.ndarray | None = None  # what decoding uses: z (coded-invnet) or logits (parm)
+    workers_tried: int = 0
+    hedged: bool = False  # re-sent once because it was late
+    calls: set[asyncio.Task[WorkerOutput]] = field(default_factory=set)
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    """Mark a finished task's exception as seen: a late failure of a call nobody needs any more is
+    normal in service (the group was answered without it), not an error to log."""
+    if not task.cancelled():
+        task.exception()
+
+
+class CodingGroup:
+    def __init__(
+        self,
+        cfg: ServingConfig,
+        backends: Backends,
+        group_id: int,
+        queries: Sequence[Query[QueryResult]],
+        padding: WorkerOutput | None,
+        clock: Callable[[], float],
+        parity_delay_s: float = 0.0,
+    ) -> None:
+        self._cfg, self._backends, self._id, self._clock = cfg, backends, group_id, clock
+        self._parity_delay_s = parity_delay_s
+        self._dispatched = clock()
+        self._k = k = cfg.k
+        rows = math.ceil(len(queries) / k)
+        self._images = np.zeros((k, rows, *queries[0].image.shape), dtype=np.float32)  # (k, b, C, H, W)
+        self._batches = [_Batch([]) for _ in range(k)]
+        for q, query in enumerate(queries):
+            self._images[q % k, q // k] = query.image
+            self._batches[q % k].queries.append(query)
+        padding_output = None if padding is None else self._decodable_output(padding)
+        for batch in self._batches[len(queries) :]:  # padding only: nothing to send
+            batch.answered = True
+            if padding_output is not None:
+                batch.output = np.repeat(padding_output, rows, axis=0)
+        self._padding_known = padding_output is not None
+        self._coded = cfg.mode in DECODABLE_MODES
+        self._parity_usable = self._coded  # False once the parity path or the decoder failed
+        self._parity: np.ndarray | None = None
+        self._parity_call: asyncio.Task[np.ndarray] | None = None
+        self._parity_needed = asyncio.Event()
+        self._worker_calls: dict[asyncio.Task[WorkerOutput], int] = {}  # call → batch index
+        self._decode_call: asyncio.Task[np.ndarray] | None = None
+        self._decoding = -1  # batch index of the running decode (valid while _decode_call is set)
+        self._decode_started = 0.0
+        self._decodable_since: float | None = None  # when k of the k+1 results were first in
+        self._straggler_at = self._dispatched + cfg.straggler_timeout_ms / 1000
+        self._hedge_all_at = self._dispatched + LATE_HEDGE_FACTOR * cfg.straggler_timeout_ms / 1000
+        self.report = GroupReport(len(queries), rows)
+
+    # --- the loop
+    async def run(self) -> None:
+        for j, batch in enumerate(self._batches):
+            if batch.answered and (self._padding_known or not self._parity_usable):
+                continue
+            self._infer(j)
+            if self._cfg.mode == "replication":
+                self._infer(j)  # the copy goes to the next worker
+        if self._coded:
+            self._parity_call = self._spawn(self._parity_path())
+        while not self._all_answered() and (calls := self._calls()):
+            wake_at = self._next_wake_at()
+            timeout = None if wake_at is None else max(0.0, wake_at - self._clock())
+            done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if self._clock() >= self._straggler_at:
+                self._parity_needed.set()
+            for task in done:
+                self._settle(task)
+            self._recover()
+        self.fail_unanswered(Unavailable("no worker answered this batch and it could not be decoded"))
+
+    async def close(self) -> None:
+        """Cancel every call still out and wait for them to end (so that withdrawals reach the backends
+        before the group's slot is reused)."""
+        calls = self._calls()
+        for task in calls:
+            task.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+
+    def _calls(self) -> set[asyncio.Task[Any]]:
+        calls: set[asyncio.Task[Any]] = set(self._worker_calls)
+        calls.update(t for t in (self._parity_call, self._decode_call) if t is not None and not t.done())
+        return calls
+
+    def _next_wake_at(self) -> float | None:
+        """The next deadline that may change what recovery does."""
+        times = [t for t in (self._straggler_at, self._hedge_all_at) if t > self._clock()]
+        if self._decodable_since is not None and self._decode_call is None:
+            times.append(self._decodable_since + self._cfg.decode_wait_ms / 1000)
+        return min(times) if times else None
+
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        task = asyncio.create_task(coro)
+        task.add_done_callback(_consume)
+        return task
+
+    # --- calls
+    def _infer(self, j: int) -> None:
+        batch = self._batches[j]
+        # rotate by group: under light load most groups hold one query (batch 0), which would
+        # otherwise always land on worker 0 and leave the others idle
+        worker = (j + self._id + batch.workers_tried) % self._k
+        batch.workers_tried += 1
+        task = self._spawn(self._backends.infer(worker, self._id, j, self._images[j]))
+        self._worker_calls[task] = j
+        batch.calls.add(task)
+
+    async def _parity_path(self) -> np.ndarray:
+        if self._parity_delay_s > 0:  # a group whose data batches are all in by then needs no parity
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._parity_needed.wait(), self._parity_delay_s)
+        self.report.parity_started = True
+        parity_images = await self._backends.encode(
+            self._id, np.ascontiguousarray(self._images.swapaxes(0, 1))
+        )
+        return await self._backends.infer_parity(self._id, parity_images)
+
+    def _decode(self, j: int) -> None:
+        assert self._parity is not None
+        available = np.stack([self._output(i) for i in range(self._k) if i != j])  # (k-1, b, D)
+        self._decoding, self._decode_started = j, self._clock()
+        self._decode_call = self._spawn(self._backends.decode(self._id, j, self._parity, available))
+
+    def _output(self, i: int) -> np.ndarray:
+        output = self._batches[i].output
+        assert output is not None
+        return output
+
+    # --- results
+    def _settle(self, task: asyncio.Task[Any]) -> None:
+        failed = task.cancelled() or task.exception() is not None
+        if task is self._parity_call:
+            if failed:
+                self._parity_usable = False
+            else:
+                self._parity = task.result()
+        elif task is self._decode_call:
+            self._decode_call = None
+            self.report.decode_seconds = self._clock() - self._decode_started
+            batch = self._batches[self._decoding]
+            if failed:
+                self._parity_usable = False  # decoder down: go on uncoded
+            elif not batch.answered:
+                self.report.reconstructed_batches += 1
+                self._answer(self._decoding, task.result(), reconstructed=True)
+        else:
+            j = self._worker_calls.pop(task)
+            batch = self._batches[j]
+            batch.calls.discard(task)
+            if failed:
+                self._parity_needed.set()  # a failure: start a delayed parity path now
+                return
+            out: WorkerOutput = task.result()
+            if batch.output is None:
+                batch.output = self._decodable_output(out)
+            if not batch.answered:
+                self._answer(j, out.logits, reconstructed=False)
+
+    def _decodable_output(self, out: WorkerOutput) -> np.ndarray | None:
+        return out.z if self._cfg.mode == "coded-invnet" else out.logits
+
+    def _answer(self, j: int, logits: np.ndarray, reconstructed: bool) -> None:
+        batch = self._batches[j]
+        batch.answered = True
+        for row, query in enumerate(batch.queries):
+            if not query.future.done():
+                queued = self._dispatched - query.enqueued
+                query.future.set_result(QueryResult(logits[row], reconstructed, queued))
+        for task in batch.calls:
+            task.cancel()  # the straggling original or a re-send no longer needed
+        if self._decode_call is not None and self._decoding == j:
+            self._decode_call.cancel()
+        if self._all_answered():
+            report = self.report
+            if not (report.reconstructed_batches or report.resent_batches or report.failed_batches):
+                report.clean_seconds = self._clock() - self._dispatched
+            for task in self._calls():
+                task.cancel()  # the parity is no longer needed
+
+    def _all_answered(self) -> bool:
+        return all(b.answered for b in self._batches)
+
+    # --- recovery
+    def _recover(self) -> None:
+        """Decode what k of the k+1 results let us decode; re-send what cannot be (see the module doc)."""
+        now = self._clock()
+        past_straggler = now >= self._straggler_at
+        unanswered = sum(not b.answered for b in self._batches)
+        for j, batch in enumerate(self._batches):
+            if batch.answered or (self._decode_call is not None and self._decoding == j):
+                continue
+            others_in = self._parity_usable and all(
+                b.output is not None for i, b in enumerate(self._batches) if i != j
+            )
+            if others_in and self._parity is not None and self._decode_call is None:
+                if self._decodable_since is None:
+                    self._decodable_since = now
+                decode_due = now >= self._decodable_since + self._cfg.decode_wait_ms / 1000
+                if not batch.calls or past_straggler or decode_due:
+                    self._decode(j)
+                continue
+            if not batch.calls:  # failed
+                if self._parity_usable and not past_straggler:
+                    continue  # its decode is on its way
+            elif batch.hedged or not past_straggler:
+                continue
+            elif (others_in or unanswered > 1) and now < self._hedge_all_at:
+                continue  # the parity that decodes it is on its way, or the pool is just loaded
+            else:
+                batch.hedged = True
+            if batch.workers_tried < self._k:
+                self.report.resent_batches += 1
+                self._infer(j)
+
+    def fail_unanswered(self, error: Exception) -> None:
+        for batch in self._batches:
+            if not batch.answered:
+                self.report.failed_batches += 1
+                batch.answered = True
+                for query in batch.queries:
+                    if not query.future.done():
+                        query.future.set_exception(error)
