@@ -38,13 +38,13 @@ from coded_invnet.tools.containers import (
     ContainerError,
     ContainerSpec,
     RunningSystem,
-    Up,
     build_images,
     find_engine,
     image_contents_mb,
     image_name,
     kill,
     restart,
+    running,
     wait_healthy,
 )
 from coded_invnet.tools.openloop import poisson_schedule, run_open_loop, summarize
@@ -168,7 +168,7 @@ def smoke(args: argparse.Namespace) -> dict[str, Any]:
         engine, image_name("serving"), ["/opt/venv", "/app/models", "/app/coded_invnet", "/app/services"]
     )
     plan = ChaosPlan(args.duration, args.rate, args.duration / 2, args.timeout, args.seed)
-    with Up(engine) as system:
+    with running(engine) as system:
         report["containers"] = len(system.specs)
         report["seconds_to_healthy"] = system.seconds_to_healthy
         report["frontend"] = system.frontend.target
@@ -186,7 +186,7 @@ def chaos(args: argparse.Namespace) -> dict[str, Any]:
     engine = find_engine()
     plan = ChaosPlan(args.duration, args.rate, args.kill_every, args.timeout, args.seed)
     report: dict[str, Any] = {"machine_before": machine()}
-    with Up(engine) as system:
+    with running(engine) as system:
         result = asyncio.run(load_with_kills(system, chaos_kills(plan), plan, args.model, args.dataset))
         seconds_to_healthy = system.seconds_to_healthy
     return {

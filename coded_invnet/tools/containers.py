@@ -30,6 +30,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -541,22 +542,13 @@ def kill(engine: Engine, spec: ContainerSpec) -> None:
     engine.run("kill", "--signal", "KILL", spec.name)
 
 
-@dataclass(frozen=True)
-class Up:
-    """`up` as a context manager: the containers are removed when the block ends."""
-
-    engine: Engine
-    kustomization: Path = KUSTOMIZATION
-
-    def __enter__(self) -> RunningSystem:
-        try:
-            return up(self.engine, self.kustomization)
-        except BaseException:
-            down(self.engine)
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        down(self.engine)
+@contextmanager
+def running(engine: Engine, kustomization: Path = KUSTOMIZATION) -> Iterator[RunningSystem]:
+    """`up` for the length of a with-block: the containers are removed when it ends, however it ends."""
+    try:
+        yield up(engine, kustomization)
+    finally:
+        down(engine)
 
 
 def iter_commands(specs: Sequence[ContainerSpec], engine: Engine) -> Iterator[str]:
@@ -576,7 +568,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     start = commands.add_parser("up", help="start every service as a container (make up)")
     start.add_argument("--kustomization", type=Path, default=KUSTOMIZATION)
-    start.add_argument("--print-only", action="store_true", help="print the engine commands, start nothing")
+    start.add_argument("--print-only", action="store_true", help="print podman's commands, start nothing")
     commands.add_parser("down", help="remove the system's containers (make down)")
     args = parser.parse_args(argv)
 
