@@ -3,7 +3,8 @@
 #   docker build --target serving -t localhost/coded-invnet:0.1.0-cpu .
 #   docker build --target chaos -t localhost/coded-invnet:0.1.0-chaos .
 #   docker run localhost/coded-invnet:0.1.0-cpu python -m services.worker.server
-# BASE_IMAGE: any image with python3 (3.11) and its venv module, e.g. the one scripts/base-image.sh makes
+# BASE_IMAGE: any image with python3 and its venv module (3.11 on the CPU bases; the CUDA one brings its
+# Ubuntu's 3.12), e.g. the one scripts/base-image.sh makes
 # from Debian packages where no image registry is reachable (make image does that by default).
 # GPU (onnxruntime-gpu on CUDA 12 + cuDNN 9; make image-gpu):
 #   docker build --build-arg VARIANT=gpu --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
