@@ -8,7 +8,8 @@ STAMP := .make
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos bench clean reliability
+.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos bench clean reliability \
+	engine image image-gpu up down test-containers chaos-containers
 
 help:
 	@echo "make demo    - set up, start every service on loopback with the shipped MNIST k=10 models, kill a worker, report"
@@ -17,6 +18,9 @@ help:
 	@echo "make eval    - regenerate results/accuracy.json from the committed models"
 	@echo "make chaos / make bench - chaos run and side-by-side latency benchmark"
 	@echo "make reliability - every fault (kills, stops, restarts, bad input, big requests) under load"
+	@echo "make image   - build the CPU serving and chaos images (docker or podman; no registry needed)"
+	@echo "make up / make down - every service as a container on this host (loopback), from the k8s/ manifests"
+	@echo "make test-containers / make chaos-containers - container test and container chaos run"
 
 $(STAMP)/venv: pyproject.toml constraints.txt
 	@mkdir -p $(STAMP)
@@ -76,6 +80,44 @@ bench: setup
 
 reliability: setup
 	$(PY) -m coded_invnet.tools.reliability --out results/reliability.json
+
+# --- containers: docker when its engine answers, else podman (installed from Debian when running as root) ---
+CONTAINER_TOOL := $(PY) -m coded_invnet.tools.containers
+
+$(STAMP)/engine:
+	@mkdir -p $(STAMP)
+	@if ! docker info >/dev/null 2>&1 && ! (command -v podman && command -v runc) >/dev/null; then \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    echo "installing podman, runc and mmdebstrap from Debian"; \
+	    (apt-get install -y -qq podman runc mmdebstrap >/dev/null 2>&1 || \
+	     (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq podman runc mmdebstrap >/dev/null)); \
+	  else echo "no container engine: install docker or podman (as root, make engine does)"; exit 1; fi; \
+	fi
+	@touch $@
+
+engine: $(STAMP)/engine
+
+# BASE_IMAGE=python:3.11-slim-bookworm uses a registry's base; left empty, the base is made from Debian
+# packages (scripts/base-image.sh) unless it is already in the engine's storage.
+BASE_IMAGE ?=
+image: $(STAMP)/venv $(STAMP)/engine
+	$(CONTAINER_TOOL) build $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE))
+
+# Builds by argument only: needs a registry with the CUDA base and a GPU machine to be of use.
+image-gpu: $(STAMP)/venv $(STAMP)/engine
+	$(CONTAINER_TOOL) build --variant gpu --base-image nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+
+up: image
+	$(CONTAINER_TOOL) up
+
+down: $(STAMP)/venv
+	$(CONTAINER_TOOL) down
+
+test-containers: $(STAMP)/venv $(STAMP)/engine
+	$(PY) -m coded_invnet.tools.container_chaos smoke --out results/containers.json
+
+chaos-containers: image
+	$(PY) -m coded_invnet.tools.container_chaos chaos --duration 60 --out results/chaos-containers.json
 
 clean:
 	rm -rf $(VENV) $(STAMP) .pytest_cache .mypy_cache .ruff_cache

