@@ -35,6 +35,7 @@ def test_parity_matches_onnxruntime(model_dir: Path, mode: str, model: str) -> N
             results = {
                 r.group_id: outputs(r)["parity"] async for r in stub.EncodeStream(iter(requests), timeout=10)
             }
+            assert sorted(results) == [0, 1, 2, 3]  # one result per streamed group, none lost
             for g, got in results.items():
                 np.testing.assert_allclose(got, expected[g : g + 1], atol=1e-5)
 

@@ -49,17 +49,22 @@ def mnist_images() -> torch.Tensor:
     return torch.from_numpy(load_dataset("mnist").test.images[:64])
 
 
-def shipped_or_smoke(smoke_models: Path) -> Path:
-    return SHIPPED if (SHIPPED / "classifier.pt").is_file() else smoke_models
+def shipped_or_smoke(request: pytest.FixtureRequest) -> Path:
+    """The committed models; a smoke training run only where they are missing (it takes minutes)."""
+    if (SHIPPED / "classifier.pt").is_file():
+        return SHIPPED
+    return Path(request.getfixturevalue("smoke_models"))
 
 
 # ------------------------------------------------------------------ invertible body
 
 
 @pytest.mark.parametrize("trained", [False, True])
-def test_round_trip_on_real_images(trained: bool, mnist_images: torch.Tensor, smoke_models: Path) -> None:
+def test_round_trip_on_real_images(
+    trained: bool, mnist_images: torch.Tensor, request: pytest.FixtureRequest
+) -> None:
     if trained:
-        g = load_classifier(shipped_or_smoke(smoke_models) / "classifier.pt").g
+        g = load_classifier(shipped_or_smoke(request) / "classifier.pt").g
     else:
         torch.manual_seed(0)
         g = settled(InvNetClassifier(ClassifierSpec()).g, mnist_images[:8])
@@ -207,9 +212,9 @@ def test_decode_rejects_mismatched_inputs() -> None:
         coding.decode_missing(np.zeros((2, 3)), np.zeros((0, 2, 3)), k=1)
 
 
-def test_oracle_parity_decodes_like_the_base_model(smoke_models: Path) -> None:
+def test_oracle_parity_decodes_like_the_base_model(request: pytest.FixtureRequest) -> None:
     """With the exact parity g⁻¹(mean z), decoded predictions agree with the base model (k=10)."""
-    model = load_classifier(shipped_or_smoke(smoke_models) / "classifier.pt")
+    model = load_classifier(shipped_or_smoke(request) / "classifier.pt")
     images = torch.from_numpy(load_dataset("mnist").test.images[:500]).reshape(50, 10, 1, 28, 28)
     with torch.no_grad():
         logits, z = model(images.flatten(0, 1))
