@@ -34,6 +34,7 @@ DEFAULT_RPC_TIMEOUT_S = 10.0  # every call's deadline unless the caller sets one
 # frontend's default message limit is what its per-client queue bound can take of such rows.
 LARGEST_QUERY_BYTES = 3 * 32 * 32 * 4
 MESSAGE_HEADROOM_BYTES = 64 * 1024  # request metadata, tensor names, protobuf framing
+REQUESTS_IN_BUDGET = 16  # largest-size requests the frontend's default byte budget holds at once
 SWITCH = ("off", "on")
 
 
@@ -85,6 +86,7 @@ class ServingConfig:
     parity_delay_quantile: float = 0.9  # > 0: start it at this quantile of recent groups' latency
     max_queue: int = 4096
     max_queue_per_client: int = 256  # queued queries of one client (one connection, gRPC's peer)
+    max_request_bytes_in_flight: int = 0  # 0: 16 messages of the largest size (see `request_bytes_budget`)
     # few groups in flight (each worker has a batch computing and one or two queued): under load the
     # queue then fills bigger batches, which cost workers less per query (measured: 2 groups of up to
     # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)
@@ -102,6 +104,12 @@ class ServingConfig:
         if self.service == "frontend":
             return self.max_queue_per_client * LARGEST_QUERY_BYTES + MESSAGE_HEADROOM_BYTES
         return BACKEND_MAX_MESSAGE_BYTES
+
+    @property
+    def request_bytes_budget(self) -> int:
+        """The frontend's budget for the input bytes of the requests it holds at once (admitted, not yet
+        answered): what keeps its memory bounded whatever the mix of request sizes."""
+        return self.max_request_bytes_in_flight or REQUESTS_IN_BUDGET * self.message_limit
 
     def __post_init__(self) -> None:
         check_tls(self)
@@ -279,6 +287,13 @@ SETTINGS: tuple[Setting, ...] = (
         "queued queries of one client (connection) before RESOURCE_EXHAUSTED",
         FRONTEND,
         check=_positive,
+    ),
+    Setting(
+        "max_request_bytes_in_flight",
+        int,
+        "input bytes of the requests held at once before RESOURCE_EXHAUSTED (0: 16 largest messages)",
+        FRONTEND,
+        check=_non_negative,
     ),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
     Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),

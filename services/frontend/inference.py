@@ -80,12 +80,15 @@ class InferenceService:
         metrics: ServingMetrics,
         spec: Callable[[], ModelSpec | None],
         max_request_bytes: int,
+        bytes_budget: int,
     ) -> None:
         self._batcher = batcher
         self.model_name = model_name
         self._metrics = metrics
         self._spec = spec  # None until the data workers have described their model
         self._max_request_bytes = max_request_bytes
+        self._bytes_budget = bytes_budget
+        self._bytes_held = 0  # input bytes of the requests admitted and not yet answered
 
     def ready(self, name: str | None = None) -> bool:
         return (name is None or name == self.model_name) and self._spec() is not None
@@ -104,19 +107,34 @@ class InferenceService:
 
     async def infer(self, request: InferRequest) -> InferAnswer:
         started = time.perf_counter()
+        held = 0
         try:
             spec = self.ready_spec(request.model_name, request.model_version)
             wanted = self._wanted_outputs(request.outputs)
+            held = self._hold(request)
             images = self._images(request, spec)
             results = await self._batcher.infer(images, request.timeout_s, request.client)
         except ServingError as error:
             self._metrics.record_failure(error.reason, (time.perf_counter() - started) * 1e6)
             raise
+        finally:
+            self._bytes_held -= held
         outputs = prediction_outputs(results)
         request_us = (time.perf_counter() - started) * 1e6
         queue_us = max(r.queue_s for r in results) * 1e6
         self._metrics.record_success(RequestTiming(len(images), request_us, queue_us, request_us - queue_us))
         return InferAnswer({name: outputs[name] for name in wanted}, int(outputs["reconstructed"].sum()))
+
+    def _hold(self, request: InferRequest) -> int:
+        """Count the request's input bytes against the budget, or refuse it (RESOURCE_EXHAUSTED)."""
+        size = sum(len(tensor.data) for tensor in request.inputs)
+        if self._bytes_held + size > self._bytes_budget:
+            raise Overloaded(
+                f"the frontend holds {self._bytes_held} bytes of requests (budget {self._bytes_budget}); "
+                "retry later"
+            )
+        self._bytes_held += size
+        return size
 
     def _images(self, request: InferRequest, spec: ModelSpec) -> np.ndarray:
         if len(request.inputs) != 1:

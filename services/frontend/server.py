@@ -48,7 +48,9 @@ class Frontend:
         self.host = ServiceHost(cfg, [SERVICE_NAME], metrics)
         self.backends = GrpcBackends(cfg, resolve(cfg.workers, cfg.k))
         self.batcher = Batcher(cfg, self.backends, on_group=self._record_group)
-        service = InferenceService(self.batcher, cfg.model_name, metrics, self._spec, cfg.message_limit)
+        service = InferenceService(
+            self.batcher, cfg.model_name, metrics, self._spec, cfg.message_limit, cfg.request_bytes_budget
+        )
         inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
             InferenceServicer(service, cfg.mode), self.host.server
         )
