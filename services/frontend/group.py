@@ -319,10 +319,12 @@ class CodingGroup:
         return True
 
     def fail_unanswered(self, error: Exception) -> None:
+        """Fail the queries still waiting (a batch whose clients all left is not a failure)."""
         for batch in self._batches:
-            if not batch.answered:
-                self.report.failed_batches += 1
-                batch.answered = True
-                for query in batch.queries:
-                    if not query.future.done():
-                        query.future.set_exception(error)
+            if batch.answered:
+                continue
+            batch.answered = True
+            waiting = [query for query in batch.queries if not query.future.done()]
+            self.report.failed_batches += bool(waiting)
+            for query in waiting:
+                query.future.set_exception(error)
