@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import onnxruntime as ort
+import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coded_invnet.coding import decode_missing
@@ -243,3 +249,36 @@ def timed_queries(
         return (loop.time() - started, *found)
 
     return asyncio.run(timed())
+
+
+# --- k8s/: the rendered kustomizations (tests/unit/test_k8s*.py) ---
+K8S = REPO_ROOT / "k8s"
+KUSTOMIZATIONS = sorted(path.parent.relative_to(REPO_ROOT) for path in K8S.rglob("kustomization.yaml"))
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+
+
+@functools.cache
+def render(kustomization: Path) -> tuple[dict[str, Any], ...]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (it renders kustomizations offline)")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(REPO_ROOT / kustomization)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, f"kubectl kustomize {kustomization}:\n{result.stderr}"
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def of_kind(docs: tuple[dict[str, Any], ...], *kinds: str) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] in kinds]
+
+
+def named(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    matches = [doc for doc in of_kind(docs, kind) if doc["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    return spec

@@ -6,26 +6,19 @@ Chaos Mesh's PodChaos is a CRD with no schema there, so it is checked against th
 
 from __future__ import annotations
 
-import functools
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
-from helpers import REPO_ROOT
+from helpers import KUSTOMIZATIONS, REPO_ROOT, WORKLOAD_KINDS, named, of_kind, pod_spec, render
 
 from coded_invnet.serving.config import ENV_VARS, load_config
 from coded_invnet.tools.certificates import make_certificates
 
 ROOT = REPO_ROOT
-K8S = ROOT / "k8s"
-KUSTOMIZATIONS = sorted(path.parent.relative_to(ROOT) for path in K8S.rglob("kustomization.yaml"))
 KUBERNETES_VERSION = "1.37.0"
-WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
 
 # The fields Chaos Mesh's admission webhook insists on for a pod-kill (chaos-mesh.org/v1alpha1 PodChaos).
 POD_CHAOS_SCHEMA = {
@@ -56,31 +49,6 @@ POD_CHAOS_SCHEMA = {
         },
     },
 }
-
-
-@functools.cache
-def render(kustomization: Path) -> tuple[dict[str, Any], ...]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (it renders kustomizations offline)")
-    result = subprocess.run([kubectl, "kustomize", str(ROOT / kustomization)], capture_output=True, text=True)
-    assert result.returncode == 0, f"kubectl kustomize {kustomization}:\n{result.stderr}"
-    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
-
-
-def of_kind(docs: tuple[dict[str, Any], ...], *kinds: str) -> list[dict[str, Any]]:
-    return [doc for doc in docs if doc["kind"] in kinds]
-
-
-def named(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
-    matches = [doc for doc in of_kind(docs, kind) if doc["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
-    return matches[0]
-
-
-def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
-    return spec
 
 
 def config_map(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
@@ -240,125 +208,6 @@ def test_env_vars_and_addresses_match_what_the_services_read() -> None:
     for target in (frontend.encoder, frontend.decoder):
         host, port = target.split(":")
         assert int(port) in {p["port"] for p in named(docs, "Service", host)["spec"]["ports"]}
-
-
-# --- NetworkPolicy: an evaluator of the rendered policies (ingress only, as the manifests use) ---
-
-
-def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A label selector (matchLabels, matchExpressions with In/NotIn/Exists/DoesNotExist) against labels."""
-    if not selector.get("matchLabels", {}).items() <= labels.items():
-        return False
-    for expression in selector.get("matchExpressions", []):
-        key, operator, values = expression["key"], expression["operator"], expression.get("values", [])
-        matched = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[operator]
-        if not matched:
-            return False
-    return True
-
-
-def pod_labels(docs: tuple[dict[str, Any], ...], workload: str) -> dict[str, str]:
-    (match,) = [w for w in of_kind(docs, *WORKLOAD_KINDS) if w["metadata"]["name"] == workload]
-    labels: dict[str, str] = match["spec"]["template"]["metadata"]["labels"]
-    return labels
-
-
-def port_number(docs: tuple[dict[str, Any], ...], workload: str, port_name: str) -> int:
-    (match,) = [w for w in of_kind(docs, *WORKLOAD_KINDS) if w["metadata"]["name"] == workload]
-    (container,) = pod_spec(match)["containers"]
-    (number,) = [p["containerPort"] for p in container["ports"] if p["name"] == port_name]
-    return int(number)
-
-
-def may_connect(
-    docs: tuple[dict[str, Any], ...],
-    source: dict[str, str] | None,
-    source_namespace: dict[str, str],
-    workload: str,
-    port_name: str,
-) -> bool:
-    """Whether a pod with labels `source` (None: outside any pod, e.g. a client) in a namespace with labels
-    `source_namespace` may open `port_name` of `workload`'s pods, under NetworkPolicy semantics."""
-    target, namespace = pod_labels(docs, workload), named(docs, "Namespace", "coded-invnet")
-    own_namespace = {
-        "kubernetes.io/metadata.name": namespace["metadata"]["name"],
-        **namespace["metadata"]["labels"],
-    }
-    port = port_number(docs, workload, port_name)
-    policies = [
-        p
-        for p in of_kind(docs, "NetworkPolicy")
-        if "Ingress" in p["spec"]["policyTypes"] and selects(p["spec"]["podSelector"], target)
-    ]
-    assert policies, f"{workload}: no NetworkPolicy selects it, so it admits everything"
-
-    def peer_admits(peer: dict[str, Any]) -> bool:
-        if "ipBlock" in peer:
-            return source is None
-        if "namespaceSelector" in peer and not selects(peer["namespaceSelector"], source_namespace):
-            return False
-        if "namespaceSelector" not in peer and source_namespace != own_namespace:
-            return False
-        return "podSelector" not in peer or (source is not None and selects(peer["podSelector"], source))
-
-    for policy in policies:
-        for rule in policy["spec"].get("ingress", []):
-            ports = rule.get("ports")
-            port_ok = not ports or any(p.get("port") in (port_name, port) for p in ports)
-            peers = rule.get("from")
-            if port_ok and (not peers or any(peer_admits(peer) for peer in peers)):
-                return True
-    return False
-
-
-BACKENDS = ("worker", "parity", "encoder", "decoder")
-OUTSIDE = {"kubernetes.io/metadata.name": "default"}
-MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
-
-
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=str)
-def test_clients_reach_only_the_frontend(kustomization: Path) -> None:
-    docs = render(kustomization)
-    namespace = {"kubernetes.io/metadata.name": "coded-invnet"} | named(docs, "Namespace", "coded-invnet")[
-        "metadata"
-    ]["labels"]
-    frontend = pod_labels(docs, "frontend")
-    assert may_connect(docs, None, OUTSIDE, "frontend", "grpc")
-    assert may_connect(docs, {"app": "client"}, OUTSIDE, "frontend", "grpc")
-    assert not may_connect(docs, None, OUTSIDE, "frontend", "metrics")
-    assert may_connect(docs, {"app": "prometheus"}, MONITORING, "frontend", "metrics")
-    for backend in BACKENDS:
-        assert may_connect(docs, frontend, namespace, backend, "grpc"), backend
-        assert not may_connect(docs, None, OUTSIDE, backend, "grpc"), backend
-        assert not may_connect(docs, {"app": "client"}, OUTSIDE, backend, "grpc"), backend
-        # Another pod of the namespace (or a frontend's labels in another namespace) is not the frontend.
-        assert not may_connect(docs, {"app.kubernetes.io/name": "other"}, namespace, backend, "grpc"), backend
-        assert not may_connect(docs, frontend, OUTSIDE, backend, "grpc"), backend
-        assert not may_connect(docs, pod_labels(docs, "worker"), namespace, backend, "grpc"), backend
-        assert not may_connect(docs, None, OUTSIDE, backend, "metrics"), backend
-        assert may_connect(docs, {"app": "prometheus"}, MONITORING, backend, "metrics"), backend
-
-
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=str)
-def test_only_the_chaos_overlay_lets_its_job_reach_the_backends(kustomization: Path) -> None:
-    docs = render(kustomization)
-    namespace = {"kubernetes.io/metadata.name": "coded-invnet"} | named(docs, "Namespace", "coded-invnet")[
-        "metadata"
-    ]["labels"]
-    jobs = of_kind(docs, "Job")
-    runner = (
-        jobs[0]["spec"]["template"]["metadata"]["labels"]
-        if jobs
-        else {"app.kubernetes.io/name": "coded-invnet", "app.kubernetes.io/component": "chaos-runner"}
-    )
-    for backend in BACKENDS:
-        assert may_connect(docs, runner, namespace, backend, "grpc") == bool(jobs), (backend, kustomization)
-    assert may_connect(docs, runner, namespace, "frontend", "grpc")
 
 
 def test_tls_overlay_mounts_the_secret_and_every_service_reads_its_settings(tmp_path: Path) -> None:
