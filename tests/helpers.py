@@ -167,11 +167,11 @@ def random_images(n: int, seed: int = 1) -> np.ndarray:
 
 
 # --- an in-process linear model behind the batcher's Backends protocol (the batcher's unit tests)
-IMAGE = (1, 4, 4)
-D = 16
+LINEAR_IMAGE = (1, 4, 4)
+LINEAR_D = 16
 rng = np.random.default_rng(0)
-G = rng.normal(size=(D, D)).astype(np.float32)  # latent map g
-H = rng.normal(size=(D, 10)).astype(np.float32)  # head
+G = rng.normal(size=(LINEAR_D, LINEAR_D)).astype(np.float32)  # latent map g
+H = rng.normal(size=(LINEAR_D, 10)).astype(np.float32)  # head
 
 
 def true_logits(images: np.ndarray) -> np.ndarray:
@@ -229,7 +229,7 @@ async def run_queries(
     reports: list[GroupReport] = []
     batcher = Batcher(config, backends, on_group=reports.append)
     batcher.start()
-    images = rng.random((n, *IMAGE), dtype=np.float32)
+    images = rng.random((n, *LINEAR_IMAGE), dtype=np.float32)
     try:
         results = await batcher.infer(images, timeout=5)
     finally:

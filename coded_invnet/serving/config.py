@@ -186,6 +186,10 @@ def _probability(name: str, help: str) -> Setting:
     return Setting(name, float, help, WORKER, check=lambda p: 0 <= p <= 1, requirement="in [0, 1]")
 
 
+def _frontend(name: str, parse: Callable[[str], Any], help: str, check: Callable[[Any], bool]) -> Setting:
+    return Setting(name, parse, help, FRONTEND, check=check)
+
+
 def _positive(value: float) -> bool:
     return value > 0
 
@@ -251,26 +255,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("decoder", str, "decoder target", FRONTEND),
     Setting("max_batch", int, "queries per data batch (B)", FRONTEND, check=_positive),
     Setting("max_delay_ms", float, "longest wait while filling a group", FRONTEND, check=_non_negative),
-    Setting(
-        "straggler_timeout_ms",
-        float,
-        "wait before re-sending (or decoding) a batch",
-        FRONTEND,
-        check=_positive,
-    ),
-    Setting(
+    _frontend("straggler_timeout_ms", float, "wait before re-sending (or decoding) a batch", _positive),
+    _frontend(
         "decode_wait_ms",
         float,
         "once k of the k+1 results are in, wait this long for the last before decoding it (0: at once)",
-        FRONTEND,
-        check=_non_negative,
+        _non_negative,
     ),
-    Setting(
+    _frontend(
         "parity_delay_ms",
         float,
         "start the parity path this late unless a batch fails first (0: at once)",
-        FRONTEND,
-        check=_non_negative,
+        _non_negative,
     ),
     Setting(
         "parity_delay_quantile",
@@ -281,28 +277,22 @@ SETTINGS: tuple[Setting, ...] = (
         requirement="in [0, 1)",
     ),
     Setting("max_queue", int, "queued queries before RESOURCE_EXHAUSTED", FRONTEND, check=_positive),
-    Setting(
+    _frontend(
         "max_queue_per_client",
         int,
         "queued queries of one client (connection) before RESOURCE_EXHAUSTED",
-        FRONTEND,
-        check=_positive,
+        _positive,
     ),
-    Setting(
+    _frontend(
         "max_request_bytes_in_flight",
         int,
         "input bytes of the requests held at once before RESOURCE_EXHAUSTED (0: 16 largest messages)",
-        FRONTEND,
-        check=_non_negative,
+        _non_negative,
     ),
     Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
     Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),
-    Setting(
-        "discovery_interval_s",
-        float,
-        "seconds between two resolutions of a dns:/// worker pool",
-        FRONTEND,
-        check=_positive,
+    _frontend(
+        "discovery_interval_s", float, "seconds between two resolutions of a dns:/// worker pool", _positive
     ),
 )
 

@@ -10,7 +10,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from helpers import IMAGE, LinearBackends, rng, run_queries, true_logits
+from helpers import LINEAR_IMAGE, LinearBackends, rng, run_queries, true_logits
 
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import DeadlineExceeded, Overloaded
@@ -119,9 +119,9 @@ def test_all_workers_dead_fails_loudly() -> None:
 def test_queue_bound_refuses_instead_of_dropping() -> None:
     async def scenario() -> None:
         batcher = Batcher(ServingConfig(max_queue=3), LinearBackends("coded-invnet"))
-        batcher.submit(np.zeros((3, *IMAGE), np.float32))
+        batcher.submit(np.zeros((3, *LINEAR_IMAGE), np.float32))
         with pytest.raises(Overloaded, match="queue is full"):
-            batcher.submit(np.zeros((1, *IMAGE), np.float32))
+            batcher.submit(np.zeros((1, *LINEAR_IMAGE), np.float32))
         await batcher.stop()
 
     asyncio.run(scenario())
@@ -133,7 +133,7 @@ def test_deadline_withdraws_the_queries() -> None:
         batcher = Batcher(ServingConfig(mode="none"), backends)
         batcher.start()
         with pytest.raises(DeadlineExceeded):
-            await batcher.infer(np.zeros((2, *IMAGE), np.float32), timeout=0.1)
+            await batcher.infer(np.zeros((2, *LINEAR_IMAGE), np.float32), timeout=0.1)
         await batcher.stop()
 
     asyncio.run(scenario())
@@ -148,9 +148,9 @@ def test_a_partial_group_leaves_at_once_when_idle_and_waits_at_most_max_delay_wh
         batcher = Batcher(ServingConfig(mode="none", k=4, max_batch=8, max_delay_ms=50), backends)
         batcher.start()
         try:
-            first = asyncio.create_task(batcher.infer(np.zeros((1, *IMAGE), np.float32), timeout=5))
+            first = asyncio.create_task(batcher.infer(np.zeros((1, *LINEAR_IMAGE), np.float32), timeout=5))
             await asyncio.sleep(0.01)  # the first group is now in flight, for 0.3 s
-            (second,) = await batcher.infer(np.zeros((1, *IMAGE), np.float32), timeout=5)
+            (second,) = await batcher.infer(np.zeros((1, *LINEAR_IMAGE), np.float32), timeout=5)
             (idle,) = await first
         finally:
             await batcher.stop()
@@ -168,11 +168,11 @@ def test_batches_of_padding_only_are_not_sent(mode: str) -> None:
     async def scenario() -> list:
         backends = LinearBackends(mode)
         batcher = Batcher(ServingConfig(mode=mode, k=4, max_batch=2), backends)
-        await batcher.learn_padding(IMAGE)
+        await batcher.learn_padding(LINEAR_IMAGE)
         backends.calls.clear()
         backends.dead = {0} if mode == "coded-invnet" else set()  # decoded from padding outputs
         batcher.start()
-        image = rng.random((1, *IMAGE), dtype=np.float32)
+        image = rng.random((1, *LINEAR_IMAGE), dtype=np.float32)
         results = await batcher.infer(image, timeout=5)
         await batcher.stop()
         np.testing.assert_allclose(results[0].logits, true_logits(image)[0], rtol=1e-3, atol=1e-3)

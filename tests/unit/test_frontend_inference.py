@@ -7,7 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from helpers import IMAGE, LinearBackends
+from helpers import LINEAR_IMAGE, LinearBackends
 
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import InvalidInput, NotFound, Overloaded
@@ -15,7 +15,7 @@ from coded_invnet.serving.metrics import ServingMetrics
 from services.frontend.batcher import Batcher
 from services.frontend.inference import InferenceService, InferRequest, InputTensor, ModelSpec
 
-SPEC = ModelSpec("x", IMAGE, 10)
+SPEC = ModelSpec("x", LINEAR_IMAGE, 10)
 
 
 def request(images: np.ndarray, model: str = "mnist", client: str = "a") -> InferRequest:
@@ -32,7 +32,7 @@ def test_a_request_that_cannot_be_admitted_is_refused_before_its_contents_are_re
     async def scenario() -> None:
         cfg = ServingConfig(service="frontend", mode="none", k=2, max_queue_per_client=4)
         batcher = Batcher(cfg, LinearBackends("none"))
-        nan = np.full((5, *IMAGE), np.nan, np.float32)  # too many rows AND garbage contents
+        nan = np.full((5, *LINEAR_IMAGE), np.nan, np.float32)  # too many rows AND garbage contents
         with pytest.raises(Overloaded, match="a client may queue at most 4"):
             await service(batcher, 1 << 20).infer(request(nan))
         with pytest.raises(InvalidInput, match="NaN"):  # the same contents, admissible size
@@ -49,7 +49,7 @@ def test_requests_held_at_once_stay_within_the_byte_budget() -> None:
         backends = LinearBackends("none", delays={0: 0.3, 1: 0.3})
         batcher = Batcher(ServingConfig(service="frontend", mode="none", k=2), backends)
         batcher.start()
-        images = np.zeros((4, *IMAGE), np.float32)
+        images = np.zeros((4, *LINEAR_IMAGE), np.float32)
         plane = service(batcher, budget=images.nbytes + 10)
         try:
             first = asyncio.create_task(plane.infer(request(images, client="a")))

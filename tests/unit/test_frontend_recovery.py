@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from helpers import IMAGE, LinearBackends, rng, run_queries, timed_queries, true_logits
+from helpers import LINEAR_IMAGE, LinearBackends, rng, run_queries, timed_queries, true_logits
 
 from coded_invnet.serving.config import ServingConfig
 from services.frontend.batcher import Batcher
@@ -63,10 +63,10 @@ def test_adaptive_parity_path_skips_healthy_groups_and_still_rescues_a_straggler
         loop = asyncio.get_running_loop()
         try:
             for _ in range(60):  # one group at a time: its latency is the workers' 2 ms
-                await batcher.infer(rng.random((4, *IMAGE), dtype=np.float32), timeout=5)
+                await batcher.infer(rng.random((4, *LINEAR_IMAGE), dtype=np.float32), timeout=5)
             backends.delays[1] = 10.0
             started = loop.time()
-            images = rng.random((4, *IMAGE), dtype=np.float32)
+            images = rng.random((4, *LINEAR_IMAGE), dtype=np.float32)
             results = await batcher.infer(images, timeout=5)
             elapsed = loop.time() - started
         finally:
