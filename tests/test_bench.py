@@ -32,3 +32,26 @@ def test_short_bench_writes_records_meta_and_plot(model_dir: Path, tmp_path: Pat
         "python -m coded_invnet.tools.bench"
     )
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_short_bench_serving_measures_both_layouts_and_raw_onnxruntime(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    from coded_invnet.tools import bench_serving
+
+    out = tmp_path / "serving.json"
+    bench_serving.main(
+        f"--model-dir {model_dir} --k {K} --duration 1 --rounds 1 --rate 40 --queries 400 --window 16 "
+        f"--out {out} --log-dir {tmp_path / 'logs'}".split()
+    )
+    report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m coded_invnet.tools.bench_serving")
+    assert {"load_average_before", "load_average_after", "raw_onnxruntime_best"} <= report.keys()
+    for session in ("per-service", "shared"):
+        layout = report[session]
+        assert layout["open_loop coded-invnet"]["lost"] == 0
+        saturated = layout["saturated coded-invnet"]
+        assert saturated["failed_requests"] == 0 and saturated["answered"] == 400
+        assert saturated["cpu_ms_per_image"]["all services"] > 0
+        assert layout["open_loop none"]["cpu_ms_per_request"]["frontend"] > 0
+    assert set(report["summary"]["met"]) == set(report["summary"]["targets"])
