@@ -8,7 +8,7 @@ STAMP := .make
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos bench clean
+.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos bench bench-serving clean
 
 help:
 	@echo "make demo    - set up, start every service on loopback with the shipped MNIST k=10 models, kill a worker, report"
@@ -16,6 +16,7 @@ help:
 	@echo "make train   - retrain every shipped model (resumable; uses a GPU when present)"
 	@echo "make eval    - regenerate results/accuracy.json from the committed models"
 	@echo "make chaos / make bench - chaos run and side-by-side latency benchmark"
+	@echo "make bench-serving - serving cost in both process layouts against raw onnxruntime, flame graphs"
 
 $(STAMP)/venv: pyproject.toml constraints.txt
 	@mkdir -p $(STAMP)
@@ -72,6 +73,9 @@ chaos: setup
 
 bench: setup
 	$(PY) -m coded_invnet.tools.bench --out results/latency.json
+
+bench-serving: setup
+	$(PY) -m coded_invnet.tools.bench_serving --out results/serving.json --profile-dir docs/profiles
 
 clean:
 	rm -rf $(VENV) $(STAMP) .pytest_cache .mypy_cache .ruff_cache
