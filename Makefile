@@ -8,7 +8,7 @@ STAMP := .make
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos bench clean reliability \
+.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos bench bench-serving clean reliability \
 	engine image image-gpu up down test-containers chaos-containers
 
 help:
@@ -21,6 +21,7 @@ help:
 	@echo "make image   - build the CPU serving and chaos images (docker or podman; no registry needed)"
 	@echo "make up / make down - every service as a container on this host (loopback), from the k8s/ manifests"
 	@echo "make test-containers / make chaos-containers - container test and container chaos run"
+	@echo "make bench-serving - serving cost in both process layouts against raw onnxruntime, flame graphs"
 
 $(STAMP)/venv: pyproject.toml constraints.txt
 	@mkdir -p $(STAMP)
@@ -118,6 +119,9 @@ test-containers: $(STAMP)/venv $(STAMP)/engine
 
 chaos-containers: image
 	$(PY) -m coded_invnet.tools.container_chaos chaos --duration 60 --out results/chaos-containers.json
+
+bench-serving: setup
+	$(PY) -m coded_invnet.tools.bench_serving --out results/serving.json --profile-dir docs/profiles
 
 clean:
 	rm -rf $(VENV) $(STAMP) .pytest_cache .mypy_cache .ruff_cache

@@ -55,13 +55,27 @@ def batch_status(error: BaseException) -> coded_pb2.Status:
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """Turns a ServingError raised by a handler into its status code; other exceptions into INTERNAL."""
 
+    def __init__(self) -> None:
+        # by method name: a method's handler never changes, so it is wrapped once, not on every call
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(HEALTH_METHODS):
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:
+                return handler  # an unknown method: not remembered, callers choose the names
+            wrapped = self._wrapped[method] = self._wrap(handler, method)
+        return wrapped
+
+    @staticmethod
+    def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        if method.startswith(HEALTH_METHODS):
             return handler  # grpc.health's Watch writes through its context: no domain errors to map
         # garbage bytes become INVALID_ARGUMENT (grpc would answer UNKNOWN) via a tolerant deserializer
         parse = _tolerant(handler.request_deserializer)

@@ -55,17 +55,26 @@ class ServingMetrics:
             registry=self.registry,
         )  # fmt: skip
 
+        # the labelled series, looked up once: `labels()` takes a lock and hashes its values on every call,
+        # six times per request or batch otherwise
+        self._success = self.request_success.labels(*self.labels)
+        self._inferences = self.inference_count.labels(*self.labels)
+        self._executions = self.exec_count.labels(*self.labels)
+        self._request_us = self.request_duration.labels(*self.labels)
+        self._queue_us = self.queue_duration.labels(*self.labels)
+        self._compute_us = self.compute_duration.labels(*self.labels)
+
     def record_success(self, timing: RequestTiming) -> None:
-        self.request_success.labels(*self.labels).inc()
-        self.inference_count.labels(*self.labels).inc(timing.rows)
-        self.exec_count.labels(*self.labels).inc()
-        self.request_duration.labels(*self.labels).inc(timing.request_us)
-        self.queue_duration.labels(*self.labels).inc(timing.queue_us)
-        self.compute_duration.labels(*self.labels).inc(timing.compute_us)
+        self._success.inc()
+        self._inferences.inc(timing.rows)
+        self._executions.inc()
+        self._request_us.inc(timing.request_us)
+        self._queue_us.inc(timing.queue_us)
+        self._compute_us.inc(timing.compute_us)
 
     def record_failure(self, reason: str, request_us: float) -> None:
         self.request_failure.labels(*self.labels, reason).inc()
-        self.request_duration.labels(*self.labels).inc(request_us)
+        self._request_us.inc(request_us)
 
     def record_decode(self, mode: str, duration_us: float) -> None:
         self.decode_total.labels(mode).inc()

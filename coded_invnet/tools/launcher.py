@@ -24,8 +24,20 @@ grpc.health.v1 service, or raises `LaunchError` with the tail of the failing pro
 Extra settings go to every process (`settings`) or to one service (`frontend_settings`,
 `worker_settings`) as config field names, e.g. ``frontend_settings={"straggler_timeout_ms": 30}``.
 The workers' fault injection API (SetFaults/GetFaults) is off unless `fault_api=True` (`--fault-api`).
-The parity path (parity worker, encoder) runs at a lower CPU priority (`parity_niceness`): it is
-insurance, and on cores shared by every process it must not slow the data path down.
+`session` is the layout the scheduler sees: "per-service" (default) starts each service in its own
+process session, so that Ctrl-C in the launcher's terminal reaches only the launcher, which stops the
+services in order; with the kernel's autogroup scheduling each session is also its own scheduler group,
+so under contention each service gets a group's fair share. "shared" keeps every service in the
+launcher's session (in a process group of its own, so Ctrl-C still reaches only the launcher): one
+scheduler group for the whole system and its local load generator, as one cgroup or one pod's share
+would be.
+Nice levels order the services where they share a scheduler group (the "shared" session, or a kernel
+without autogroup; a service alone in its session is not affected): the frontend first, then the data
+workers (`data_niceness`), then the parity path (`parity_niceness`: parity worker and encoder, the
+insurance). The frontend is the one stage every query passes through several times (request, group,
+results, answer); among a dozen runnable workers as an equal it waited for the CPU at each of those
+steps, groups left with a few rows each, and every worker paid its per-batch cost on batches of 5 rows
+instead of 20 (docs/RESULTS.md, serving cost).
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.tools.certificates import Certificates, make_certificates
 
 HOST = "127.0.0.1"
+SESSIONS = ("per-service", "shared")  # see the module doc
 Settings = Mapping[str, object]
 
 
@@ -70,6 +83,7 @@ class ServiceProcess:
     log_path: Path
     command: list[str]
     tls: TlsOptions | None = None  # how the launcher reaches it (health checks)
+    session: str = SESSIONS[0]
 
     @property
     def pid(self) -> int:
@@ -109,7 +123,7 @@ class ServiceProcess:
         """Start the same command again (same ports, log appended) after the process died or was killed."""
         if self.alive():
             self.kill()
-        self.process = _spawn(self.command, self.log_path, append=True)
+        self.process = _spawn(self.command, self.log_path, self.session, append=True)
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -182,6 +196,7 @@ def _start(
     log_dir: Path,
     niceness: int = 0,
     tls: TlsOptions | None = None,
+    session: str = SESSIONS[0],
 ) -> ServiceProcess:
     port, metrics_port = free_port(), free_port()
     all_settings = {"host": HOST, "port": port, "metrics_port": metrics_port, **settings}
@@ -189,14 +204,22 @@ def _start(
     command = [sys.executable, "-m", f"services.{service}.server", *_flags(all_settings)]
     if niceness:
         command = ["nice", "-n", str(niceness), *command]  # nice execs: the pid stays the service's
-    return ServiceProcess(name, port, metrics_port, _spawn(command, log_path), log_path, command, tls)
+    process = _spawn(command, log_path, session)
+    return ServiceProcess(name, port, metrics_port, process, log_path, command, tls, session)
 
 
-def _spawn(command: list[str], log_path: Path, append: bool = False) -> subprocess.Popen[bytes]:
+def _spawn(command: list[str], log_path: Path, session: str, append: bool = False) -> subprocess.Popen[bytes]:
+    """Start ``command`` in its own session, or in its own process group of the launcher's session
+    (either way out of the terminal's foreground group: Ctrl-C reaches only the launcher)."""
+    own_session = session == "per-service"
     with open(log_path, "ab" if append else "wb") as log:
-        # own session: Ctrl-C in the launcher's terminal reaches only the launcher, which then stops
-        # the services in order
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=own_session,
+            process_group=None if own_session else 0,
+        )
 
 
 def wait_serving(services: list[ServiceProcess], timeout_s: float) -> None:
@@ -238,14 +261,19 @@ def launch(
     log_dir: str | os.PathLike[str] | None = None,
     ready_timeout_s: float = 120.0,
     stop_grace_s: float = 5.0,
-    parity_niceness: int = 10,
+    data_niceness: int = 10,
+    parity_niceness: int = 15,
     fault_api: bool = False,
     tls: bool = False,
+    session: str = SESSIONS[0],
 ) -> Iterator[System]:
     """Start the system, yield it once every service is SERVING, stop everything on exit.
     `fault_api`: the workers answer SetFaults/GetFaults (for benchmarks and tests that inject faults).
     `tls`: every port serves TLS with throwaway certificates (deleted on exit); the backends accept only
-    the frontend's client certificate; clients of the frontend use `system.client_tls`."""
+    the frontend's client certificate; clients of the frontend use `system.client_tls`.
+    `session`: "per-service" or "shared" (see the module doc)."""
+    if session not in SESSIONS:
+        raise LaunchError(f"session {session!r}: must be one of {', '.join(SESSIONS)}")
     with ExitStack() as stack:
         if log_dir is None:
             log_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="coded-invnet-"))
@@ -268,11 +296,12 @@ def launch(
                 service.terminate(stop_grace_s)
 
         def start(name: str, service: str, extra: Settings, niceness: int = 0) -> ServiceProcess:
-            started.append(_start(name, service, extra, logs, niceness, probe_tls))
+            started.append(_start(name, service, extra, logs, niceness, probe_tls, session))
             return started[-1]
 
         worker_extra = {**model_common, "fault_api": "on" if fault_api else "off", **(worker_settings or {})}
-        workers = [start(f"worker-{i}", "worker", {**worker_extra, "role": "data"}) for i in range(k)]
+        data = {**worker_extra, "role": "data"}
+        workers = [start(f"worker-{i}", "worker", data, data_niceness) for i in range(k)]
         parity = encoder = decoder = None
         if mode in DECODABLE_MODES:
             parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"}, parity_niceness)
@@ -330,6 +359,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="TLS on every port (throwaway certificates; mutual TLS to backends)",
     )
+    parser.add_argument(
+        "--session",
+        default=SESSIONS[0],
+        choices=SESSIONS,
+        help="per-service: a process session (scheduler group) per service; shared: the launcher's",
+    )
     args = parser.parse_args(argv)
     # run the clean-up of `launch` on SIGTERM, and on Ctrl-C even where SIGINT came in ignored
     # (background jobs of a non-interactive shell); a second Ctrl-C must not cut the clean-up short
@@ -337,7 +372,13 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, _interrupt_once)
     try:
         with launch(
-            args.model_dir, args.mode, args.k, log_dir=args.log_dir, fault_api=args.fault_api, tls=args.tls
+            args.model_dir,
+            args.mode,
+            args.k,
+            log_dir=args.log_dir,
+            fault_api=args.fault_api,
+            tls=args.tls,
+            session=args.session,
         ) as system:
             for name, service in system.services.items():
                 print(

@@ -24,7 +24,6 @@ Recovery, so that nothing is lost and no group waits for a backend's 10 s deadli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +117,9 @@ class CodingGroup:
         self._parity_usable = self._coded  # False once the parity path or the decoder failed
         self._parity: np.ndarray | None = None
         self._parity_call: asyncio.Task[np.ndarray] | None = None
-        self._parity_needed = asyncio.Event()
+        # the parity path starts then, or at once on a failure or past the straggler deadline; no task
+        # waits for that moment: the loop wakes for it, so a group answered before it costs nothing more
+        self._parity_at = self._dispatched + parity_delay_s
         self._worker_calls: dict[asyncio.Task[WorkerOutput], int] = {}  # call → batch index
         self._decode_call: asyncio.Task[np.ndarray] | None = None
         self._decoding = -1  # batch index of the running decode (valid while _decode_call is set)
@@ -136,8 +137,8 @@ class CodingGroup:
             self._infer(j)
             if self._cfg.mode == "replication":
                 self._infer(j)  # the copy goes to the next worker
-        if self._coded:
-            self._parity_call = self._spawn(self._parity_path())
+        if self._parity_delay_s <= 0:
+            self._start_parity_path()
         while not self._all_answered() and not all(b.withdrawn() for b in self._batches):
             calls, wake_at = self._calls(), self._next_wake_at()
             if not calls and wake_at is None:
@@ -148,8 +149,8 @@ class CodingGroup:
                 done, _ = await asyncio.wait(calls, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(timeout or 0.0)
-            if self._clock() >= self._straggler_at:
-                self._parity_needed.set()
+            if self._clock() >= min(self._parity_at, self._straggler_at):
+                self._start_parity_path()
             for task in done:
                 self._settle(task)
             self._recover()
@@ -172,6 +173,8 @@ class CodingGroup:
         """The next deadline that may change what recovery does."""
         retries = (b.retry_at for b in self._batches if b.retry_at is not None and not b.answered)
         times = [t for t in (self._straggler_at, self._hedge_all_at, *retries) if t > self._clock()]
+        if self._coded and self._parity_call is None and self._parity_at > self._clock():
+            times.append(self._parity_at)
         if self._decodable_since is not None and self._decode_call is None:
             times.append(self._decodable_since + self._cfg.decode_wait_ms / 1000)
         return min(times) if times else None
@@ -192,11 +195,13 @@ class CodingGroup:
         self._worker_calls[task] = j
         batch.calls.add(task)
 
+    def _start_parity_path(self) -> None:
+        """Start the parity path (once; coded modes only)."""
+        if self._coded and self._parity_call is None:
+            self.report.parity_started = True
+            self._parity_call = self._spawn(self._parity_path())
+
     async def _parity_path(self) -> np.ndarray:
-        if self._parity_delay_s > 0:  # a group whose data batches are all in by then needs no parity
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._parity_needed.wait(), self._parity_delay_s)
-        self.report.parity_started = True
         parity_images = await self._backends.encode(
             self._id, np.ascontiguousarray(self._images.swapaxes(0, 1))
         )
@@ -235,7 +240,7 @@ class CodingGroup:
             batch = self._batches[j]
             batch.calls.discard(task)
             if failed:
-                self._parity_needed.set()  # a failure: start a delayed parity path now
+                self._start_parity_path()  # a failure: start a delayed parity path now
                 return
             out: WorkerOutput = task.result()
             if batch.output is None:

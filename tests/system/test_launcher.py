@@ -77,3 +77,24 @@ def test_command_line_runs_until_ctrl_c_and_leaves_nothing_behind(
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert not any(ca.parent.exists() for ca in ca_files)  # the throwaway certificates are gone
+
+
+@pytest.mark.parametrize("session", ["per-service", "shared"])
+def test_session_layout_decides_the_scheduler_group(model_dir: Path, tmp_path: Path, session: str) -> None:
+    """per-service: a session per service (with autogroup, a scheduler group each); shared: the
+    launcher's session, each service still in a process group of its own (Ctrl-C reaches only the
+    launcher); data workers run below the frontend's priority."""
+    with launch(model_dir, "none", 2, log_dir=tmp_path, session=session) as system:
+        frontend, worker = system.frontend.pid, system.workers[0].pid
+        sessions = {os.getsid(p.pid) for p in system.services.values()}
+        if session == "shared":
+            assert sessions == {os.getsid(0)}
+        else:
+            assert len(sessions) == len(system.services) and os.getsid(0) not in sessions
+        assert all(os.getpgid(p.pid) == p.pid for p in system.services.values())
+        assert os.getpriority(os.PRIO_PROCESS, worker) > os.getpriority(os.PRIO_PROCESS, frontend)
+
+
+def test_launch_refuses_an_unknown_session(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="session"), launch(tmp_path, "none", 2, session="one"):
+        pass
