@@ -3,12 +3,7 @@ load on one locally launched system, written to results/reliability.json.
 
     python -m coded_invnet.tools.reliability --out results/reliability.json   # = make reliability
 
-Faults (one phase each): none (the fault-free baseline); SIGKILL of each service kind, restarted 1 s
-later (a data worker, the parity worker, the encoder, the decoder, the frontend); SIGSTOP for 5 s of a
-data worker and of the encoder; two data workers killed at once; a random schedule over every service
-kind but the frontend (a kill every 3–7 s, restart 1 s later); the restart loop (a data worker killed and
-restarted every second); a flood of malformed requests beside the real traffic; and concurrent requests
-of the largest size the frontend accepts. Per phase: sent, answered, lost, errors by status code,
+Faults, one phase each, are listed in `faults()`. Per phase: sent, answered, lost, errors by status code,
 reconstructed and their accuracy, p50 / p99.9 / max latency, and the frontend's peak resident memory.
 """
 
@@ -43,14 +38,14 @@ OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]  # not the load's conne
 MNIST_SHAPE = (1, 28, 28)
 
 
-def resident_mb(pid: int) -> float:
+def resident_mb(pid: int) -> float:  # 0 while the process restarts
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
-    except OSError:  # restarting
-        pass
+    except OSError:
+        return 0.0
     return 0.0
 
 
@@ -107,7 +102,7 @@ def stopping(role: str, stopped_s: float = 5.0) -> Fault:
     return fault
 
 
-async def no_fault(system: System, phase_s: float) -> dict[str, Any]:
+async def no_fault(system: System, phase_s: float) -> dict[str, Any]:  # the baseline
     return {}
 
 
@@ -241,6 +236,8 @@ def big_requests(model: str, concurrent: int = 8, rounds: int = 3) -> Fault:
 
 
 def faults(seed: int, model: str) -> dict[str, Fault]:
+    """SIGKILL of each service kind restarted 1 s later, SIGSTOP of a worker and the encoder, two workers
+    at once, a random schedule (a kill every 3-7 s), the restart loop, malformed and big requests."""
     return {
         "none": no_fault,
         "kill data worker": killing("data worker"),
