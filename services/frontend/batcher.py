@@ -18,6 +18,7 @@ import numpy as np
 
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import DeadlineExceeded, InvalidInput, Unavailable
+from coded_invnet.serving.policies import batching_policy, recovery_policy
 from services.frontend.calls import Backends, WorkerOutput
 from services.frontend.group import CodingGroup, GroupReport, QueryResult
 from services.frontend.hedge import ParityDelay
@@ -40,16 +41,19 @@ class Batcher:
         if cfg.mode in DECODABLE_MODES and cfg.k < 2:
             raise ValueError(f"coding mode {cfg.mode} needs k >= 2, got k={cfg.k}")
         self._cfg = cfg
+        self._batching = batching = batching_policy(cfg)
+        self._recovery = recovery_policy(cfg)
         self._backends = backends
         self._clock = clock
         self._on_group = on_group
-        self._queue: QueryQueue[QueryResult] = QueryQueue(cfg.max_queue, cfg.max_queue_per_client, clock)
-        self._inflight = asyncio.Semaphore(cfg.max_inflight_groups)
+        queue = batching.queue
+        self._queue: QueryQueue[QueryResult] = QueryQueue(queue.max_size, queue.max_size_per_client, clock)
+        self._inflight = asyncio.Semaphore(batching.max_inflight_groups)
         self._groups: set[asyncio.Task[None]] = set()
         self._group_ids = itertools.count()
         self._loop_task: asyncio.Task[None] | None = None
         self._padding: WorkerOutput | None = None
-        self.parity_delay = ParityDelay(cfg)
+        self.parity_delay = ParityDelay(self._recovery)
 
     async def learn_padding(self, image_shape: tuple[int, ...]) -> None:
         """Compute the model's output for a zero image once, so that batches holding only padding
@@ -100,8 +104,8 @@ class Batcher:
         return bool(self._groups)
 
     async def _collect_forever(self) -> None:
-        group_size = self._cfg.k * self._cfg.max_batch
-        max_delay_s = self._cfg.max_delay_ms / 1000
+        group_size = self._cfg.k * self._batching.max_batch
+        max_delay_s = self._batching.max_delay_s
         while True:
             await self._inflight.acquire()
             queries = await self._queue.take(group_size, max_delay_s, self._busy)
@@ -116,6 +120,7 @@ class Batcher:
     async def _run_group(self, queries: list[Query[QueryResult]]) -> None:
         group = CodingGroup(
             self._cfg,
+            self._recovery,
             self._backends,
             next(self._group_ids),
             queries,

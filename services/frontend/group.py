@@ -33,6 +33,7 @@ import numpy as np
 
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
+from coded_invnet.serving.policies import RecoveryPolicy
 from services.frontend.calls import Backends, WorkerOutput
 from services.frontend.queue import Query
 
@@ -90,6 +91,7 @@ class CodingGroup:
     def __init__(
         self,
         cfg: ServingConfig,
+        recovery: RecoveryPolicy,
         backends: Backends,
         group_id: int,
         queries: Sequence[Query[QueryResult]],
@@ -97,7 +99,8 @@ class CodingGroup:
         clock: Callable[[], float],
         parity_delay_s: float = 0.0,
     ) -> None:
-        self._cfg, self._backends, self._id, self._clock = cfg, backends, group_id, clock
+        self._cfg, self._recovery = cfg, recovery
+        self._backends, self._id, self._clock = backends, group_id, clock
         self._parity_delay_s = parity_delay_s
         self._dispatched = clock()
         self._k = k = cfg.k
@@ -125,8 +128,8 @@ class CodingGroup:
         self._decoding = -1  # batch index of the running decode (valid while _decode_call is set)
         self._decode_started = 0.0
         self._decodable_since: float | None = None  # when k of the k+1 results were first in
-        self._straggler_at = self._dispatched + cfg.straggler_timeout_ms / 1000
-        self._hedge_all_at = self._dispatched + LATE_HEDGE_FACTOR * cfg.straggler_timeout_ms / 1000
+        self._straggler_at = self._dispatched + recovery.straggler_timeout_s
+        self._hedge_all_at = self._dispatched + LATE_HEDGE_FACTOR * recovery.straggler_timeout_s
         self.report = GroupReport(len(queries), rows)
 
     # --- the loop
@@ -176,7 +179,7 @@ class CodingGroup:
         if self._coded and self._parity_call is None and self._parity_at > self._clock():
             times.append(self._parity_at)
         if self._decodable_since is not None and self._decode_call is None:
-            times.append(self._decodable_since + self._cfg.decode_wait_ms / 1000)
+            times.append(self._decodable_since + self._recovery.decode_wait_s)
         return min(times) if times else None
 
     def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -287,7 +290,7 @@ class CodingGroup:
             if others_in and self._parity is not None and self._decode_call is None:
                 if self._decodable_since is None:
                     self._decodable_since = now
-                decode_due = now >= self._decodable_since + self._cfg.decode_wait_ms / 1000
+                decode_due = now >= self._decodable_since + self._recovery.decode_wait_s
                 if not batch.calls or past_straggler or decode_due:
                     self._decode(j)
                 continue
@@ -311,7 +314,7 @@ class CodingGroup:
         """A failed batch goes to the next worker at once; once every worker failed it, the next round
         starts after a back-off (doubling from RESEND_BACKOFF_S: workers restarting, a pod rescheduled),
         for as long as its queries are wanted and the backend deadline allows."""
-        if now >= self._dispatched + self._cfg.rpc_timeout_s:
+        if now >= self._dispatched + self._recovery.backend_timeout_s:
             return False
         rounds = batch.workers_tried // self._k
         if batch.workers_tried % self._k or rounds == 0:

@@ -6,7 +6,7 @@ from collections import deque
 
 import numpy as np
 
-from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.policies import RecoveryPolicy
 
 
 class ParityDelay:
@@ -24,9 +24,9 @@ class ParityDelay:
     REFRESH = 16  # groups between two estimates
     MIN_GROUPS = 32
 
-    def __init__(self, cfg: ServingConfig) -> None:
-        self.floor_s = cfg.parity_delay_ms / 1000
-        self.quantile = cfg.parity_delay_quantile
+    def __init__(self, recovery: RecoveryPolicy) -> None:
+        self.floor_s = recovery.parity_delay_s
+        self.quantile = recovery.parity_delay_quantile
         self.seconds = self.floor_s
         self._recent: deque[float] = deque(maxlen=self.WINDOW)
         self._unseen = 0

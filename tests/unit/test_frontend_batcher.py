@@ -14,6 +14,7 @@ from helpers import LINEAR_IMAGE, LinearBackends, rng, run_queries, true_logits
 
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import DeadlineExceeded, Overloaded
+from coded_invnet.serving.policies import batching_policy, recovery_policy
 from services.frontend.batcher import Batcher
 
 
@@ -194,3 +195,20 @@ def test_several_late_batches_are_waited_for_not_duplicated() -> None:
     )
     assert sum(r.resent_batches for r in reports) == 0
     assert [c for c in backends.calls if c[0] == "infer"] == [("infer", j) for j in range(4)]
+
+
+def test_frontend_settings_are_read_as_queue_batching_and_recovery_policies() -> None:
+    cfg = ServingConfig(
+        service="frontend", max_batch=16, max_delay_ms=5, max_queue=100, max_queue_per_client=10,
+        straggler_timeout_ms=40, decode_wait_ms=3, parity_delay_ms=2, rpc_timeout_s=7,
+    )  # fmt: skip
+    batching, recovery = batching_policy(cfg), recovery_policy(cfg)
+    assert (batching.max_batch, batching.max_delay_s, batching.max_inflight_groups) == (16, 0.005, 3)
+    assert (batching.queue.max_size, batching.queue.max_size_per_client) == (100, 10)
+    assert batching.queue.max_request_bytes == cfg.request_bytes_budget == 16 * cfg.message_limit
+    assert (recovery.straggler_timeout_s, recovery.decode_wait_s, recovery.parity_delay_s) == (
+        0.04,
+        0.003,
+        0.002,
+    )
+    assert recovery.backend_timeout_s == 7

@@ -9,6 +9,7 @@ import numpy as np
 from helpers import LINEAR_IMAGE, LinearBackends, rng, run_queries, timed_queries, true_logits
 
 from coded_invnet.serving.config import ServingConfig
+from coded_invnet.serving.policies import recovery_policy
 from services.frontend.batcher import Batcher
 from services.frontend.group import LATE_HEDGE_FACTOR, GroupReport
 from services.frontend.hedge import ParityDelay
@@ -33,7 +34,7 @@ def test_delayed_parity_path_is_skipped_without_faults_and_started_by_a_failure(
 
 def test_parity_delay_follows_the_quantile_of_recent_clean_groups() -> None:
     cfg = ServingConfig(service="frontend", parity_delay_ms=2.0, parity_delay_quantile=0.9)
-    delay = ParityDelay(cfg)
+    delay = ParityDelay(recovery_policy(cfg))
     assert delay.seconds == 0.002  # too few groups seen yet: the floor
     for i in range(ParityDelay.MIN_GROUPS):
         delay.observe(0.010 + 0.001 * (i % 10))  # 10..19 ms
@@ -41,7 +42,7 @@ def test_parity_delay_follows_the_quantile_of_recent_clean_groups() -> None:
     for _ in range(ParityDelay.WINDOW):
         delay.observe(0.001)  # faster than the floor
     assert delay.seconds == 0.002
-    off = ParityDelay(ServingConfig(service="frontend", parity_delay_quantile=0.0))
+    off = ParityDelay(recovery_policy(ServingConfig(service="frontend", parity_delay_quantile=0.0)))
     for _ in range(100):
         off.observe(0.5)
     assert off.seconds == 0.0
