@@ -8,29 +8,27 @@ from collections.abc import AsyncIterator, Iterable
 
 import numpy as np
 
-from coded_invnet.client import core
-from coded_invnet.client.core import Prediction, StreamResult, build_request, parse_response, stream_result
+from coded_invnet.client.core import (
+    ClientBase,
+    Prediction,
+    StreamResult,
+    build_request,
+    parse_response,
+    stream_result,
+)
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
-from coded_invnet.rpc.channels import DEFAULT_TIMEOUT_S, TlsOptions, create_channel
+from coded_invnet.rpc.channels import TlsOptions, create_channel
 
 
-class AsyncClient:
+class AsyncClient(ClientBase):
     """``async with AsyncClient("127.0.0.1:8001") as client: (await client.predict(image)).label``
 
     Create it inside the running event loop. Deadlines, UNAVAILABLE retries and ``tls`` as in `Client`.
     """
 
-    def __init__(
-        self,
-        target: str,
-        model: str = core.DEFAULT_MODEL,
-        timeout_s: float = DEFAULT_TIMEOUT_S,
-        tls: TlsOptions | None = None,
-        wait_for_ready: bool = False,
-    ) -> None:
-        self.model = model
-        self.timeout_s = timeout_s
-        self.wait_for_ready = wait_for_ready
+    _stub: inference_pb2_grpc.GRPCInferenceServiceAsyncStub
+
+    def _connect(self, target: str, timeout_s: float, tls: TlsOptions | None) -> None:
         self._channel = create_channel(target, timeout_s=timeout_s, tls=tls)
         self._stub = inference_pb2_grpc.GRPCInferenceServiceStub(self._channel)
 

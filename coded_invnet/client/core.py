@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coded_invnet.proto import inference_pb2
+from coded_invnet.rpc.channels import DEFAULT_TIMEOUT_S, TlsOptions
 
 DEFAULT_MODEL = "mnist"
 
@@ -18,6 +19,26 @@ class PredictionError(RuntimeError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.status = message.split(":", 1)[0] if ":" in message else "UNKNOWN"
+
+
+class ClientBase:
+    """What the blocking and asyncio clients share: their settings, and the channel they open."""
+
+    def __init__(
+        self,
+        target: str,
+        model: str = DEFAULT_MODEL,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        tls: TlsOptions | None = None,
+        wait_for_ready: bool = False,
+    ) -> None:
+        self.model = model
+        self.timeout_s = timeout_s
+        self.wait_for_ready = wait_for_ready
+        self._connect(target, timeout_s, tls)
+
+    def _connect(self, target: str, timeout_s: float, tls: TlsOptions | None) -> None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
