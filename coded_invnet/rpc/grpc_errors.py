@@ -3,6 +3,7 @@ RPC-level errors, and `batch_status` for per-batch errors reported inside a stre
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -24,7 +25,6 @@ from coded_invnet.serving.errors import (
 
 log = logging.getLogger(__name__)
 INTERNAL_MESSAGE = "internal error (details in the server log)"
-HEALTH_METHODS = "/grpc.health.v1.Health/"
 
 
 STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
@@ -75,8 +75,6 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
-        if method.startswith(HEALTH_METHODS):
-            return handler  # grpc.health's Watch writes through its context: no domain errors to map
         # garbage bytes become INVALID_ARGUMENT (grpc would answer UNKNOWN) via a tolerant deserializer
         parse = _tolerant(handler.request_deserializer)
         if handler.unary_unary:
@@ -149,6 +147,9 @@ def _wrap_unary(behaviour: Any, streamed: bool = False) -> Callable[..., Any]:
 
 
 def _wrap_stream(behaviour: Any, streamed: bool = False) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behaviour):
+        return _wrap_unary(behaviour, streamed)  # it writes its responses through its context
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for response in behaviour(_checked(request, streamed), context):

@@ -87,12 +87,16 @@ OUTSIDE = {"kubernetes.io/metadata.name": "default"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 
 
+def namespace_labels(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    """The labels a namespaceSelector sees on the project's namespace."""
+    labels = named(docs, "Namespace", "coded-invnet")["metadata"]["labels"]
+    return {"kubernetes.io/metadata.name": "coded-invnet"} | labels
+
+
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=str)
 def test_clients_reach_only_the_frontend(kustomization: Path) -> None:
     docs = render(kustomization)
-    namespace = {"kubernetes.io/metadata.name": "coded-invnet"} | named(docs, "Namespace", "coded-invnet")[
-        "metadata"
-    ]["labels"]
+    namespace = namespace_labels(docs)
     frontend = pod_labels(docs, "frontend")
     assert may_connect(docs, None, OUTSIDE, "frontend", "grpc")
     assert may_connect(docs, {"app": "client"}, OUTSIDE, "frontend", "grpc")
@@ -113,9 +117,7 @@ def test_clients_reach_only_the_frontend(kustomization: Path) -> None:
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=str)
 def test_only_the_chaos_overlay_lets_its_job_reach_the_backends(kustomization: Path) -> None:
     docs = render(kustomization)
-    namespace = {"kubernetes.io/metadata.name": "coded-invnet"} | named(docs, "Namespace", "coded-invnet")[
-        "metadata"
-    ]["labels"]
+    namespace = namespace_labels(docs)
     jobs = of_kind(docs, "Job")
     runner = (
         jobs[0]["spec"]["template"]["metadata"]["labels"]
