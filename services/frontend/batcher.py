@@ -58,7 +58,8 @@ class Batcher:
     async def learn_padding(self, image_shape: tuple[int, ...]) -> None:
         """Compute the model's output for a zero image once, so that batches holding only padding
         need not be sent: their outputs, needed to decode the others, are known."""
-        self._padding = await self._backends.infer(0, 0, 0, np.zeros((1, *image_shape), np.float32))
+        worker = self._backends.place(0, self._cfg.k).data[0]
+        self._padding = await self._backends.infer(worker, 0, 0, np.zeros((1, *image_shape), np.float32))
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._collect_forever(), name="batcher")

@@ -1,4 +1,5 @@
-"""Finding the data workers: a static list, or the A records of one DNS name (a headless Service)."""
+"""Finding the workers: a static list, the A records of one DNS name (a headless Service), a targets
+file; a pool that gains and loses members while it serves."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from helpers import service_config
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.tools.launcher import free_port
-from services.frontend.backends import check_targets, resolve_workers
+from services.frontend.backends import check_targets
+from services.frontend.discovery import resolve_workers
 
 
 def test_static_list_is_taken_in_order() -> None:
@@ -54,8 +56,8 @@ def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None
         answers = iter([[dead, f"127.0.0.1:{port_b}"]])
         moved = [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]
 
-        def resolve(targets: Sequence[str], k: int) -> list[str]:
-            assert targets == ("dns:///workers.test:8001",) and k == 2
+        def resolve(targets: Sequence[str]) -> list[str]:
+            assert targets == ("dns:///workers.test:8001",)
             return next(answers, moved)
 
         cfg = service_config(
