@@ -195,6 +195,9 @@ class LinearBackends:
         """The fixed layout of k workers named "0" ... "k-1" (a parity worker apart)."""
         return place_in_slots([str(j) for j in range(k)], ["parity"], group_id)
 
+    def parallel_groups(self, k: int) -> int:
+        return 1
+
     async def infer(self, name: str, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
         worker = int(name)
         self.calls.append(("infer", worker))

@@ -142,6 +142,11 @@ class GrpcBackends:
             return place_in_slots(self._slots, [self._cfg.parity_worker], group_id)
         return place_in_pool(self.pools["worker"], k, self._r, group_id)
 
+    def parallel_groups(self, k: int) -> int:
+        if self.fixed:
+            return 1
+        return max(1, len(self.pools["worker"].members) // (k + self._r))
+
     async def describe_model(self, wait_s: float) -> ModelSpec:
         """Wait (up to wait_s) until a data worker is SERVING, i.e. has loaded its model, then ask it for
         its model's input and output shapes. A worker that is down fails this at once and becomes a

@@ -24,6 +24,10 @@ class Backends(Protocol):
         """The workers of group `group_id`: k for its data batches, r for its parity."""
         ...
 
+    def parallel_groups(self, k: int) -> int:
+        """How many groups of k + r distinct workers the pool holds at once (at least 1)."""
+        ...
+
     async def infer(self, worker: str, group_id: int, index: int, images: np.ndarray) -> WorkerOutput: ...
 
     async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
