@@ -212,7 +212,8 @@ def launch(
         client_tls = TlsOptions(certificates.ca) if certificates else None
         yield System(
             every_frontend[0], workers, parity, encoder, decoder, logs, mode, k, client_tls,
-            frontends=every_frontend, workers_file=logs / "workers.txt" if pool_size is not None else None,
+            frontends=every_frontend, coders=[*encoders, *decoders],
+            workers_file=logs / "workers.txt" if pool_size is not None else None,
             start_worker=start_worker if pool_size is not None else None, ready_timeout_s=ready_timeout_s,
         )  # fmt: skip
 

@@ -45,16 +45,16 @@ def machine_load() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
-def batches_by_worker(system: System, metrics_port: int) -> dict[str, int]:
-    """The worker batches one frontend sent, by worker name (from its Prometheus endpoint)."""
+def batches_by_worker(system: System, metrics_port: int, kind: str = "worker") -> dict[str, int]:
+    """The batches one frontend sent to each backend of `kind`, by service name (its Prometheus endpoint)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     names = {s.target: name for name, s in system.services.items()}
     counts: Counter[str] = Counter()
     for line in text.splitlines():
-        if line.startswith(BATCHES_METRIC) and 'backend="worker"' in line:
+        if line.startswith(BATCHES_METRIC) and f'backend="{kind}"' in line:
             address = line.removeprefix(BATCHES_METRIC).split('"')[0]
             counts[names.get(address, address)] += int(float(line.split()[-1]))
-    return dict(sorted(counts.items(), key=lambda item: int(item[0].rpartition("-")[2])))
+    return dict(sorted(counts.items(), key=lambda item: (len(item[0]), item[0])))
 
 
 def churn(system: System, duration_s: float, seed: int, events: list[dict[str, Any]]) -> dict[str, int]:
@@ -99,7 +99,7 @@ async def pool_run(args: argparse.Namespace) -> dict[str, Any]:
     pool_size = 2 * (args.k + PARITIES)
     events: list[dict[str, Any]] = []
     with launch(
-        args.model_dir, args.mode, args.k, pool_size=pool_size, frontends=2, log_dir=args.log_dir
+        args.model_dir, args.mode, args.k, pool_size=pool_size, frontends=2, coders=2, log_dir=args.log_dir
     ) as system:
         first, second = system.frontends
         async with (
@@ -118,7 +118,13 @@ async def pool_run(args: argparse.Namespace) -> dict[str, Any]:
             changes = asyncio.to_thread(churn, system, args.duration, args.seed, events)
             outcomes, other_outcomes, second_counts = await asyncio.gather(main, side, changes)
         first_counts = batches_by_worker(system, first.metrics_port)
-    reports = [summarize(outcomes, args.duration), summarize(other_outcomes, 0.7 * args.duration)]
+        coders = {
+            kind: batches_by_worker(system, first.metrics_port, kind) for kind in ("encoder", "decoder")
+        }
+    reports: list[dict[str, Any]] = [
+        summarize(outcomes, args.duration),
+        summarize(other_outcomes, 0.7 * args.duration),
+    ]
     for report, answers in zip(reports, (outcomes, other_outcomes), strict=True):
         report["failures"] = dict(Counter(o.code for o in answers if o.code != "OK"))
         report["failed_at_s"] = [round(o.scheduled_s, 2) for o in answers if o.code != "OK"][:20]
@@ -132,6 +138,7 @@ async def pool_run(args: argparse.Namespace) -> dict[str, Any]:
         "sent": sum(int(r["sent"] or 0) for r in reports),
         "lost": sum(int(r["lost"] or 0) for r in reports),
         "worker_batches": {first.name: first_counts, second.name: second_counts},
+        "coder_batches": {first.name: coders},  # 2 encoders and 2 decoders, least loaded per call
     }
 
 

@@ -30,19 +30,14 @@ class System:
     client_tls: TlsOptions | None = None  # for clients of the frontend: None when the system is plaintext
     services: dict[str, ServiceProcess] = field(default_factory=dict)
     frontends: list[ServiceProcess] = field(default_factory=list)  # frontend first
+    coders: list[ServiceProcess] = field(default_factory=list)  # every encoder and decoder
     workers_file: Path | None = None  # the pool's targets (pool_size set)
     start_worker: Callable[[str], ServiceProcess] | None = None
     ready_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
-        every = [
-            *self.workers,
-            self.parity_worker,
-            self.encoder,
-            self.decoder,
-            self.frontend,
-            *self.frontends,
-        ]
+        every = [*self.workers, self.parity_worker, *self.coders, self.encoder, self.decoder]
+        every += [self.frontend, *self.frontends]
         self.services = {s.name: s for s in every if s is not None}
         self.frontends = self.frontends or [self.frontend]
 
