@@ -299,7 +299,13 @@ SETTINGS: tuple[Setting, ...] = (
         "input bytes of the requests held at once before RESOURCE_EXHAUSTED (0: 16 largest messages)",
         _non_negative,
     ),
-    Setting("max_inflight_groups", int, "coding groups in flight per k + r pool workers", FRONTEND, check=_positive),
+    Setting(
+        "max_inflight_groups",
+        int,
+        "coding groups in flight per k + r pool workers",
+        FRONTEND,
+        check=_positive,
+    ),
     Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),
     _frontend(
         "discovery_interval_s",
