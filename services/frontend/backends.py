@@ -166,8 +166,7 @@ class GrpcBackends:
         except TimeoutError:
             raise Unavailable(f"worker {address} was not SERVING within {wait_s:g} s") from None
         except grpc.aio.AioRpcError as exc:
-            self.pools["worker"].started(address)
-            self.pools["worker"].finished(address, failed=True)
+            self.pools["worker"].failed(address)
             raise Unavailable(f"worker {address}: {exc.code().name} {exc.details()}") from None
         inputs = {t.name: t for t in description.inputs}
         outputs = {t.name: t for t in description.outputs}

@@ -71,9 +71,13 @@ class Pool:
         if self._inflight[member] <= 0:
             del self._inflight[member]
         if failed:
-            self._suspect_until[member] = self._clock() + self._suspect_s
+            self.failed(member)
         else:
             self._suspect_until.pop(member, None)
+
+    def failed(self, member: str) -> None:
+        """`member` failed a call: a suspect for `suspect_s` from now."""
+        self._suspect_until[member] = self._clock() + self._suspect_s
 
     def suspect(self, member: str) -> bool:
         return self._suspect_until.get(member, 0.0) > self._clock()
