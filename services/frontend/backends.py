@@ -206,8 +206,8 @@ class GrpcBackends:
             raise Unavailable(f"{kind} {address}: status {result.error.code} {result.error.message}")
         return arrays_from_proto(result.tensors, max_bytes=BACKEND_MAX_MESSAGE_BYTES)
 
-    def _least_loaded(self, kind: str, group_id: int) -> str:
-        return self.pools[kind].choose(1, group_id)[0]
+    def _least_loaded(self, kind: str) -> str:
+        return self.pools[kind].choose(1)[0]
 
     async def infer(self, worker: str, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
         out = await self._call("worker", worker, group_id, index, x=images)
@@ -215,9 +215,8 @@ class GrpcBackends:
 
     async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
         k = batches.shape[1]
-        return (await self._call("encoder", self._least_loaded("encoder", group_id), group_id, k, x=batches))[
-            "parity"
-        ]
+        out = await self._call("encoder", self._least_loaded("encoder"), group_id, k, x=batches)
+        return out["parity"]
 
     async def infer_parity(self, worker: str, group_id: int, parity_images: np.ndarray) -> np.ndarray:
         out = await self._call("worker", worker, group_id, self._cfg.k, parity_batch=True, x=parity_images)
@@ -226,6 +225,6 @@ class GrpcBackends:
     async def decode(
         self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
     ) -> np.ndarray:
-        decoder = self._least_loaded("decoder", group_id)
+        decoder = self._least_loaded("decoder")
         out = await self._call("decoder", decoder, group_id, missing, parity=parity, available=available)
         return out["logits"]

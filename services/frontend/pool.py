@@ -16,6 +16,7 @@ targets), data batch j of group g goes to slot (j + g) mod k and the parity to t
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -43,6 +44,7 @@ class Pool:
         self._inflight: Counter[str] = Counter()
         self._suspect_until: dict[str, float] = {}
         self.sent: Counter[str] = Counter()  # batches sent to each address since start (for reports)
+        self._turns = itertools.count()  # the rotation of calls that name none
         self.update(members)
 
     @property
@@ -82,11 +84,14 @@ class Pool:
     def suspect(self, member: str) -> bool:
         return self._suspect_until.get(member, 0.0) > self._clock()
 
-    def choose(self, n: int, rotation: int = 0) -> list[str]:
+    def choose(self, n: int, rotation: int | None = None) -> list[str]:
         """n members, distinct when the pool has n: healthy before suspects, then the least loaded,
-        then in the member list rotated by `rotation`. With fewer than n members, they repeat."""
+        then in the member list rotated by `rotation` (None: by one more than the last such call).
+        With fewer than n members, they repeat."""
         if not self._members:
             return [NO_MEMBER] * n
+        if rotation is None:
+            rotation = next(self._turns)
         size = len(self._members)
         ranked = sorted(
             range(size),

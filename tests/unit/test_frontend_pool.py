@@ -93,6 +93,11 @@ def test_a_small_pool_repeats_workers_and_an_empty_one_names_none() -> None:
     assert place_in_pool(Pool(), 2, 1, 0) == Placement((NO_MEMBER, NO_MEMBER), (NO_MEMBER,))
 
 
+def test_calls_that_name_no_rotation_take_turns() -> None:
+    pool = Pool(["a", "b", "c"])
+    assert [pool.choose(1)[0] for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+
+
 def test_fixed_slots_rotate_by_group_and_resends_move_on() -> None:
     placement = place_in_slots(["a", "b", "c"], ["p"], group_id=1)
     assert placement.data == ("b", "c", "a") and placement.parity == ("p",)
