@@ -45,12 +45,29 @@ def machine_load() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
+def scrape(metrics_port: int) -> list[str]:
+    return (
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        .read()
+        .decode()
+        .splitlines()
+    )
+
+
+def parity_paths(metrics_port: int) -> dict[str, int]:
+    """How many groups ran their parity path (started) or did not need it (skipped)."""
+    found: Counter[str] = Counter()
+    for line in scrape(metrics_port):
+        if line.startswith("coded_parity_path_total{"):
+            found[line.split('outcome="')[1].split('"')[0]] += int(float(line.split()[-1]))
+    return dict(found)
+
+
 def batches_by_worker(system: System, metrics_port: int, kind: str = "worker") -> dict[str, int]:
     """The batches one frontend sent to each backend of `kind`, by service name (its Prometheus endpoint)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     names = {s.target: name for name, s in system.services.items()}
     counts: Counter[str] = Counter()
-    for line in text.splitlines():
+    for line in scrape(metrics_port):
         if line.startswith(BATCHES_METRIC) and f'backend="{kind}"' in line:
             address = line.removeprefix(BATCHES_METRIC).split('"')[0]
             counts[names.get(address, address)] += int(float(line.split()[-1]))
@@ -197,7 +214,9 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
         ) as system:  # fmt: skip
             record = await closed_loop(system.frontend.target, args.model, images, args)
             counts = batches_by_worker(system, system.frontend.metrics_port)
-        records.append({"pool_size": pool_size, **record, "batches_per_worker_min_max": _spread(counts)})
+            paths = parity_paths(system.frontend.metrics_port)
+        spread = {"batches_per_worker_min_max": _spread(counts), "parity_paths": paths}
+        records.append({"pool_size": pool_size, **record, **spread})
         print(json.dumps(records[-1]), flush=True)
     return {
         "k": args.k,
