@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import model_dir_for, random_images, reference_logits
 
 from coded_invnet.client import Client
@@ -48,3 +49,17 @@ def test_parm_parity_batches_run_on_pool_workers(tmp_path: Path) -> None:
     rows = [i for i, p in enumerate(predictions) if not p.reconstructed]
     np.testing.assert_allclose(np.stack(exact), reference[rows], rtol=1e-4, atol=1e-4)
     assert len(predictions) == len(images)
+
+
+@pytest.mark.parametrize("mode", ["none", "replication"])
+def test_uncoded_modes_run_over_a_pool(tmp_path: Path, mode: str) -> None:
+    models = model_dir_for(K, tmp_path / "models")
+    images = random_images(16)
+    with launch(models, mode, K, pool_size=K + 2, log_dir=tmp_path / "logs") as system:
+        system.workers[0].kill()  # its batches go to the next worker of their group
+        with Client(system.frontend.target, timeout_s=20) as client:
+            predictions = client.predict_batch(images)
+    assert not any(p.reconstructed for p in predictions)
+    np.testing.assert_allclose(
+        np.stack([p.logits for p in predictions]), reference_logits(models, images), rtol=1e-4, atol=1e-4
+    )
