@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +15,9 @@ from helpers import service_config
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.tools.launcher import free_port
-from services.frontend.backends import check_targets
+from services.frontend.backends import GrpcBackends, check_targets
 from services.frontend.discovery import resolve_workers
+from services.frontend.pool import Placement
 
 
 def test_static_list_is_taken_in_order() -> None:
@@ -77,5 +79,35 @@ def test_a_pool_follows_its_dns_name(model_dir: Path) -> None:
             await frontend.host.stop()
             for worker in workers:
                 await worker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_fixed_slots_follow_their_addresses_and_a_pool_takes_any_size() -> None:
+    """With a parity worker the first k addresses are the slots, in order; without one every address is
+    a pool member and each group gets k + r distinct ones."""
+
+    async def scenario() -> None:
+        fixed_cfg = ServingConfig(
+            service="frontend",
+            k=2,
+            workers=("dns:///w:1",),
+            parity_worker="p:1",
+            encoder="e:1",
+            decoder="d:1",
+        )
+        fixed = GrpcBackends(fixed_cfg)
+        await fixed.update("worker", ["a:1", "b:1", "c:1"])
+        assert fixed.workers == ["a:1", "b:1"] and fixed.parallel_groups(2) == 1
+        assert fixed.place(1, 2) == Placement(("b:1", "a:1"), ("p:1",))
+        await fixed.update("worker", ["a:1", "x:1"])  # b's pod came back elsewhere
+        assert fixed.place(0, 2).data == ("a:1", "x:1")
+        with pytest.raises(Unavailable, match="k=2"):
+            await fixed.update("worker", ["a:1"])
+        pool = GrpcBackends(replace(fixed_cfg, parity_worker=""))
+        await pool.update("worker", [f"w{i}:1" for i in range(7)])
+        placement = pool.place(3, 2)
+        assert len({*placement.data, *placement.parity}) == 3 and pool.parallel_groups(2) == 2
+        await asyncio.gather(fixed.close(), pool.close())
 
     asyncio.run(scenario())
