@@ -20,6 +20,7 @@ from coded_invnet.serving.errors import ConfigError
 
 SERVICES = ("worker", "encoder", "decoder", "frontend")
 DECODABLE_MODES = ("parm", "coded-invnet")  # the modes with a parity path (encoder, parity worker, decoder)
+PARITIES = 1  # parity batches per coding group in the coded modes (r)
 MODEL_SERVICES = ("worker", "encoder", "decoder")
 WORKER = ("worker",)
 FRONTEND = ("frontend",)

@@ -64,7 +64,7 @@ from pathlib import Path
 
 from coded_invnet.coding import CODING_MODES
 from coded_invnet.rpc.channels import TlsOptions
-from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
+from coded_invnet.serving.config import DECODABLE_MODES, PARITIES, ServingConfig
 from coded_invnet.tools.certificates import Certificates, make_certificates
 from coded_invnet.tools.processes import (
     HOST,
@@ -79,7 +79,6 @@ from coded_invnet.tools.system import POOL_DISCOVERY_S, System
 from services.frontend.discovery import FILE_SCHEME, write_targets
 
 Settings = Mapping[str, object]
-PARITIES = 1  # parity batches per group (r)
 
 
 def _flags(settings: Settings) -> list[str]:

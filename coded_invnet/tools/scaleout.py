@@ -34,7 +34,8 @@ import numpy as np
 
 from coded_invnet.client import AsyncClient
 from coded_invnet.data import load_dataset
-from coded_invnet.tools.launcher import PARITIES, launch
+from coded_invnet.serving.config import PARITIES
+from coded_invnet.tools.launcher import launch
 from coded_invnet.tools.openloop import percentile_ms, poisson_schedule, run_open_loop, summarize
 from coded_invnet.tools.system import System
 

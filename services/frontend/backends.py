@@ -21,14 +21,13 @@ from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.rpc.batch_stream import BatchStream
 from coded_invnet.rpc.channels import client_tls, create_channel
 from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
-from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, ServingConfig
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, PARITIES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.serving.metrics import ServingMetrics
 from services.frontend.calls import WorkerOutput
 from services.frontend.inference import ModelSpec
 from services.frontend.pool import NO_MEMBER, Placement, Pool, place_in_pool, place_in_slots
 
-PARITIES = 1  # parity batches per coding group (r)
 # backend kind → (stub, stream method prefix)
 STUBS: dict[str, tuple[Any, str]] = {
     "worker": (coded_pb2_grpc.WorkerStub, "Infer"),
