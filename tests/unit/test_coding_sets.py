@@ -43,11 +43,13 @@ def test_decode_set_rebuilds_every_missing_set(lib: str, k: int, r: int) -> None
             rows = list(itertools.combinations(range(r), s))[len(missing) % max(1, r - s + 1)]
             garbled = members.copy()
             garbled[list(missing)] = 1e3
-            args = (parities[list(rows)], garbled)
+            given = parities[list(rows)]
             if lib == "torch":
-                got = coding.decode_set(a, rows, *map(torch.from_numpy, args), missing).numpy()
+                got = coding.decode_set(
+                    a, rows, torch.from_numpy(given), torch.from_numpy(garbled), missing
+                ).numpy()
             else:
-                got = coding.decode_set(a, rows, *args, missing)
+                got = coding.decode_set(a, rows, given, garbled, missing)
             _, gain = coding.worst_case(a)
             np.testing.assert_allclose(got, members[list(missing)], atol=1e-6 * gain * 10)
 
