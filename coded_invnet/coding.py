@@ -1,12 +1,17 @@
 """Coding math shared by training, evaluation and the decoder service (numpy and torch alike).
 
-A coding group holds k data queries x_1..x_k and one parity query x_p. Workers return z_i = g(x_i);
-the parity worker returns z_p = g(x_p) with x_p ≈ g⁻¹(mean_i z_i). Any k of the k+1 answers give the
-missing one by subtraction: z_j ≈ k·z_p − Σ_{i≠j} z_i. ParM uses the same rule in logit space.
+A coding group holds k data queries x_1..x_k and r parity queries. Workers return z_i = g(x_i); parity
+worker m returns z_p^(m) = g(x_p^(m)) with x_p^(m) ≈ g⁻¹(Σ_i a_{m,i} z_i), A = (a_{m,i}) the r × k
+coefficient matrix of `parity_coefficients`, whose first row is 1/k (the mean, the one-parity code).
+Any k of the k + r answers give the missing members S (|S| ≤ r) from |S| of the parities P:
+A[P, S] ẑ_S = z_P − Σ_{i∉S} A[P, i] z_i. With one parity that is z_j = k·z_p − Σ_{i≠j} z_i. ParM uses
+the one-parity rule in logit space.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -16,6 +21,22 @@ if TYPE_CHECKING:  # the serving image has no torch: these functions need only n
 
 CODING_MODES = ("none", "replication", "parm", "coded-invnet")
 SHIPPED_KS = (2, 4, 10)  # the group sizes the shipped encoders and ParM models are trained and evaluated for
+MAX_PARITIES = 3
+
+# Rows 2..r of A, scaled by k (row 1 is all ones: the mean). Every row has the norm of the first, and
+# every square submatrix A[P, S] with |P| = |S| ≤ r is invertible; the rows were chosen by a numerical
+# search (Nelder-Mead from random starts) minimising the worst error gain max ‖A[P, S]⁻¹‖₂ over all of
+# them, which is what decoding multiplies a parity's latent error by (k for one parity).
+_EXTRA_ROWS: dict[tuple[int, int], tuple[tuple[float, ...], ...]] = {
+    (2, 2): ((1.0, -1.0),),
+    (4, 2): ((1.339, -1.339, -0.455, 0.455),),
+    (4, 3): ((-0.38, 0.588, 1.33, -1.319), (1.349, -0.529, 0.597, -1.242)),
+    (10, 2): ((-0.796, -1.177, 0.796, -0.475, -0.191, 0.191, 1.649, 1.177, 0.475, -1.649),),
+    (10, 3): (
+        (-0.304, 1.114, -0.457, -0.175, -0.865, -0.655, -1.855, 0.582, -1.592, -0.966),
+        (0.262, 0.337, -0.428, -2.158, 0.418, 0.155, -1.457, 0.818, -0.752, -1.193),
+    ),
+}
 
 Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
@@ -24,8 +45,34 @@ class CodingError(ValueError):
     """Inputs to a decode do not fit together (shapes, k, missing index)."""
 
 
+def parity_coefficients(k: int, r: int = 1) -> np.ndarray:
+    """The (r, k) coefficient matrix A: parity m encodes Σ_i A[m, i] g(x_i). Row 0 is 1/k."""
+    if k < 2:
+        raise CodingError(f"k must be >= 2, got {k}")
+    if not 1 <= r <= min(MAX_PARITIES, k):
+        raise CodingError(f"r (parity workers) must be in 1..{min(MAX_PARITIES, k)} for k={k}, got {r}")
+    if r > 1 and (k, r) not in _EXTRA_ROWS:
+        known = ", ".join(f"k={a} r={b}" for a, b in sorted(_EXTRA_ROWS))
+        raise CodingError(f"no coefficients for k={k} with r={r} parities (there are: {known})")
+    rows = np.ones((1, k)) if r == 1 else np.vstack([np.ones(k), np.array(_EXTRA_ROWS[k, r])])
+    return rows / k
+
+
+def worst_case(coefficients: np.ndarray) -> tuple[float, float]:
+    """(condition number, error gain): the largest κ(A[P, S]) and ‖A[P, S]⁻¹‖₂ over every set S of up
+    to r missing members decoded from any |S| parities P."""
+    r, k = coefficients.shape
+    condition, gain = 1.0, 0.0
+    for s in range(1, r + 1):
+        for rows in itertools.combinations(range(r), s):
+            for cols in itertools.combinations(range(k), s):
+                sv = np.linalg.svd(coefficients[np.ix_(rows, cols)], compute_uv=False)
+                condition, gain = max(condition, sv[0] / sv[-1]), max(gain, 1 / sv[-1])
+    return float(condition), float(gain)
+
+
 def decode_missing(parity: Array, available: Array, k: int) -> Array:
-    """Reconstruct the missing member of a group: k·parity − Σ available.
+    """Reconstruct the missing member of a one-parity group: k·parity − Σ available.
 
     parity: (B, D) parity output (z_p, or ParM's logits p).
     available: (k-1, B, D) the outputs of the k-1 workers that answered.
@@ -42,6 +89,48 @@ def decode_missing(parity: Array, available: Array, k: int) -> Array:
 
 
 def decode_all(parity: Array, outputs: Array) -> Array:
-    """Every member reconstructed as if it alone were missing: (k, B, D) → (k, B, D)."""
+    """Every member of a one-parity group reconstructed as if it alone were missing: (k, B, D) → (k, B, D)."""
     k = outputs.shape[0]
     return k * parity[None] - (outputs.sum(0)[None] - outputs)
+
+
+def decode_set(
+    coefficients: np.ndarray,
+    parity_rows: Sequence[int],
+    parities: Array,
+    members: Array,
+    missing: Sequence[int],
+) -> Array:
+    """Reconstruct the missing members S of a group from |S| of its parities.
+
+    coefficients: (r, k) A. parity_rows: the indices P of the parities given, |P| = |S|.
+    parities: (|S|, B, D) their outputs. members: (k, B, D) every member's output; the rows of the
+    missing ones are ignored (any values). missing: S, distinct indices. Returns (|S|, B, D) in S's order.
+    """
+    r, k = coefficients.shape
+    s = len(missing)
+    if not 1 <= s <= r or len(set(missing)) != s or not all(0 <= j < k for j in missing):
+        raise CodingError(f"missing {list(missing)}: need 1..{r} distinct members of 0..{k - 1}")
+    if len(parity_rows) != s or len(set(parity_rows)) != s or not all(0 <= m < r for m in parity_rows):
+        raise CodingError(f"parities {list(parity_rows)}: need {s} distinct of 0..{r - 1}")
+    if members.shape[0] != k or tuple(parities.shape) != (s, *members.shape[1:]):
+        raise CodingError(
+            f"expected members ({k}, B, D) and parities ({s}, B, D), "
+            f"got {tuple(members.shape)} and {tuple(parities.shape)}"
+        )
+    rows = coefficients[list(parity_rows)]  # (s, k)
+    known = rows.copy()
+    known[:, list(missing)] = 0.0
+    inverse = np.linalg.inv(rows[:, list(missing)])  # (s, s)
+    known_t, inverse_t = _like(known, parities), _like(inverse, parities)
+    residual = parities - (known_t @ members.reshape(k, -1)).reshape(parities.shape)  # (s, B, D)
+    return (inverse_t @ residual.reshape(s, -1)).reshape(parities.shape)
+
+
+def _like(matrix: np.ndarray, array: Array) -> Array:
+    """``matrix`` as the same kind of array (numpy or torch), dtype and device as ``array``."""
+    if isinstance(array, np.ndarray):
+        return matrix.astype(array.dtype)
+    import torch
+
+    return torch.as_tensor(matrix, dtype=array.dtype, device=array.device)
