@@ -294,7 +294,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"{name:14s} {service.target:22s} metrics :{service.metrics_port:<6d} pid {service.pid}"
                 )
             if system.workers_file is not None:
-                print(f"pool: {system.workers_file} lists the workers (the frontends re-read it each second)")
+                every = f"the frontends re-read it every {POOL_DISCOVERY_S:g} s"
+                print(f"pool: {system.workers_file} lists the workers ({every})")
             if system.client_tls is not None:
                 print(f"TLS: clients verify the frontend with the CA {system.client_tls.ca_file}")
             print(
