@@ -8,7 +8,7 @@ STAMP := .make
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos bench bench-serving clean reliability \
+.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos pool scale bench bench-serving clean reliability \
 	engine image image-gpu up down test-containers chaos-containers
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make train   - retrain every shipped model (resumable; uses a GPU when present)"
 	@echo "make eval    - regenerate results/accuracy.json from the committed models"
 	@echo "make chaos / make bench - chaos run and side-by-side latency benchmark"
+	@echo "make pool / make scale - worker pool churn under load (0 lost) and throughput vs pool size"
 	@echo "make reliability - every fault (kills, stops, restarts, bad input, big requests) under load"
 	@echo "make image   - build the CPU serving and chaos images (docker or podman; no registry needed)"
 	@echo "make up / make down - every service as a container on this host (loopback), from the k8s/ manifests"
@@ -78,6 +79,12 @@ chaos: setup
 
 bench: setup
 	$(PY) -m coded_invnet.tools.bench --out results/latency.json
+
+pool: setup
+	$(PY) -m coded_invnet.tools.scaleout pool --k 4 --out results/pool.json
+
+scale: setup
+	$(PY) -m coded_invnet.tools.scaleout scale --k 4 --out results/scale.json
 
 reliability: setup
 	$(PY) -m coded_invnet.tools.reliability --out results/reliability.json

@@ -31,6 +31,7 @@ from coded_invnet.serving.config import ServingConfig
 from services.frontend.batcher import Batcher
 from services.frontend.calls import WorkerOutput
 from services.frontend.group import GroupReport
+from services.frontend.pool import Placement, place_in_slots
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAINED_DIR = REPO_ROOT / "models" / "mnist"
@@ -190,7 +191,15 @@ class LinearBackends:
     calls: list[tuple[str, int]] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
 
-    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
+    def place(self, group_id: int, k: int) -> Placement:
+        """The fixed layout of k workers named "0" ... "k-1" (a parity worker apart)."""
+        return place_in_slots([str(j) for j in range(k)], ["parity"], group_id)
+
+    def parallel_groups(self, k: int) -> int:
+        return 1
+
+    async def infer(self, name: str, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
+        worker = int(name)
         self.calls.append(("infer", worker))
         try:
             await asyncio.sleep(self.delays.get(worker, 0.0))
@@ -208,7 +217,7 @@ class LinearBackends:
             raise ConnectionError("encoder down")
         return batches.mean(axis=1)
 
-    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+    async def infer_parity(self, worker: str, group_id: int, parity_images: np.ndarray) -> np.ndarray:
         z = parity_images.reshape(len(parity_images), -1) @ G
         return z if self.mode == "coded-invnet" else z @ H
 

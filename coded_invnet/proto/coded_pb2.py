@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oded_invnet/proto/coded.proto\x12\x08\x63oded.v1\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"[\n\x05\x42\x61tch\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12!\n\x07tensors\x18\x03 \x03(\x0b\x32\x10.coded.v1.Tensor\x12\x0e\n\x06\x63\x61ncel\x18\x04 \x01(\x08\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x98\x01\n\x0b\x42\x61tchResult\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12!\n\x07tensors\x18\x03 \x03(\x0b\x32\x10.coded.v1.Tensor\x12\x1f\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x10.coded.v1.Status\x12\x10\n\x08queue_us\x18\x05 \x01(\x04\x12\x12\n\ncompute_us\x18\x06 \x01(\x04\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x11\n\x0f\x44\x65scribeRequest\"\xb6\x01\n\x10ModelDescription\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0c\n\x04role\x18\x04 \x01(\t\x12$\n\x06inputs\x18\x05 \x03(\x0b\x32\x14.coded.v1.TensorSpec\x12%\n\x07outputs\x18\x06 \x03(\x0b\x32\x14.coded.v1.TensorSpec\x12\x1a\n\x12\x65xecution_provider\x18\x07 \x01(\t\"\x8e\x01\n\x0b\x46\x61ultConfig\x12\'\n\ndelay_kind\x18\x01 \x01(\x0e\x32\x13.coded.v1.DelayKind\x12\x10\n\x08\x64\x65lay_ms\x18\x02 \x01(\x01\x12\x19\n\x11\x64\x65lay_probability\x18\x03 \x01(\x01\x12\x1b\n\x13\x66\x61ilure_probability\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"\x12\n\x10GetFaultsRequest*C\n\tDelayKind\x12\x0e\n\nDELAY_NONE\x10\x00\x12\x0f\n\x0b\x44\x45LAY_FIXED\x10\x01\x12\x15\n\x11\x44\x45LAY_EXPONENTIAL\x10\x02\x32\xbc\x02\n\x06Worker\x12\x31\n\x05Infer\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00\x12;\n\x0bInferStream\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00(\x01\x30\x01\x12\x43\n\x08\x44\x65scribe\x12\x19.coded.v1.DescribeRequest\x1a\x1a.coded.v1.ModelDescription\"\x00\x12;\n\tSetFaults\x12\x15.coded.v1.FaultConfig\x1a\x15.coded.v1.FaultConfig\"\x00\x12@\n\tGetFaults\x12\x1a.coded.v1.GetFaultsRequest\x1a\x15.coded.v1.FaultConfig\"\x00\x32\xc0\x01\n\x07\x45ncoder\x12\x32\n\x06\x45ncode\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00\x12<\n\x0c\x45ncodeStream\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00(\x01\x30\x01\x12\x43\n\x08\x44\x65scribe\x12\x19.coded.v1.DescribeRequest\x1a\x1a.coded.v1.ModelDescription\"\x00\x32\xc0\x01\n\x07\x44\x65\x63oder\x12\x32\n\x06\x44\x65\x63ode\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00\x12<\n\x0c\x44\x65\x63odeStream\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00(\x01\x30\x01\x12\x43\n\x08\x44\x65scribe\x12\x19.coded.v1.DescribeRequest\x1a\x1a.coded.v1.ModelDescription\"\x00\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x63oded_invnet/proto/coded.proto\x12\x08\x63oded.v1\"E\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"k\n\x05\x42\x61tch\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12!\n\x07tensors\x18\x03 \x03(\x0b\x32\x10.coded.v1.Tensor\x12\x0e\n\x06\x63\x61ncel\x18\x04 \x01(\x08\x12\x0e\n\x06parity\x18\x05 \x01(\x08\"\'\n\x06Status\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x98\x01\n\x0b\x42\x61tchResult\x12\x10\n\x08group_id\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\r\x12!\n\x07tensors\x18\x03 \x03(\x0b\x32\x10.coded.v1.Tensor\x12\x1f\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x10.coded.v1.Status\x12\x10\n\x08queue_us\x18\x05 \x01(\x04\x12\x12\n\ncompute_us\x18\x06 \x01(\x04\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x11\n\x0f\x44\x65scribeRequest\"\xb6\x01\n\x10ModelDescription\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0c\n\x04role\x18\x04 \x01(\t\x12$\n\x06inputs\x18\x05 \x03(\x0b\x32\x14.coded.v1.TensorSpec\x12%\n\x07outputs\x18\x06 \x03(\x0b\x32\x14.coded.v1.TensorSpec\x12\x1a\n\x12\x65xecution_provider\x18\x07 \x01(\t\"\x8e\x01\n\x0b\x46\x61ultConfig\x12\'\n\ndelay_kind\x18\x01 \x01(\x0e\x32\x13.coded.v1.DelayKind\x12\x10\n\x08\x64\x65lay_ms\x18\x02 \x01(\x01\x12\x19\n\x11\x64\x65lay_probability\x18\x03 \x01(\x01\x12\x1b\n\x13\x66\x61ilure_probability\x18\x04 \x01(\x01\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"\x12\n\x10GetFaultsRequest*C\n\tDelayKind\x12\x0e\n\nDELAY_NONE\x10\x00\x12\x0f\n\x0b\x44\x45LAY_FIXED\x10\x01\x12\x15\n\x11\x44\x45LAY_EXPONENTIAL\x10\x02\x32\xbc\x02\n\x06Worker\x12\x31\n\x05Infer\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00\x12;\n\x0bInferStream\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00(\x01\x30\x01\x12\x43\n\x08\x44\x65scribe\x12\x19.coded.v1.DescribeRequest\x1a\x1a.coded.v1.ModelDescription\"\x00\x12;\n\tSetFaults\x12\x15.coded.v1.FaultConfig\x1a\x15.coded.v1.FaultConfig\"\x00\x12@\n\tGetFaults\x12\x1a.coded.v1.GetFaultsRequest\x1a\x15.coded.v1.FaultConfig\"\x00\x32\xc0\x01\n\x07\x45ncoder\x12\x32\n\x06\x45ncode\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00\x12<\n\x0c\x45ncodeStream\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00(\x01\x30\x01\x12\x43\n\x08\x44\x65scribe\x12\x19.coded.v1.DescribeRequest\x1a\x1a.coded.v1.ModelDescription\"\x00\x32\xc0\x01\n\x07\x44\x65\x63oder\x12\x32\n\x06\x44\x65\x63ode\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00\x12<\n\x0c\x44\x65\x63odeStream\x12\x0f.coded.v1.Batch\x1a\x15.coded.v1.BatchResult\"\x00(\x01\x30\x01\x12\x43\n\x08\x44\x65scribe\x12\x19.coded.v1.DescribeRequest\x1a\x1a.coded.v1.ModelDescription\"\x00\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'coded_invnet.proto.coded_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELAYKIND']._serialized_start=834
-  _globals['_DELAYKIND']._serialized_end=901
+  _globals['_DELAYKIND']._serialized_start=850
+  _globals['_DELAYKIND']._serialized_end=917
   _globals['_TENSOR']._serialized_start=44
   _globals['_TENSOR']._serialized_end=113
   _globals['_BATCH']._serialized_start=115
-  _globals['_BATCH']._serialized_end=206
-  _globals['_STATUS']._serialized_start=208
-  _globals['_STATUS']._serialized_end=247
-  _globals['_BATCHRESULT']._serialized_start=250
-  _globals['_BATCHRESULT']._serialized_end=402
-  _globals['_TENSORSPEC']._serialized_start=404
-  _globals['_TENSORSPEC']._serialized_end=463
-  _globals['_DESCRIBEREQUEST']._serialized_start=465
-  _globals['_DESCRIBEREQUEST']._serialized_end=482
-  _globals['_MODELDESCRIPTION']._serialized_start=485
-  _globals['_MODELDESCRIPTION']._serialized_end=667
-  _globals['_FAULTCONFIG']._serialized_start=670
-  _globals['_FAULTCONFIG']._serialized_end=812
-  _globals['_GETFAULTSREQUEST']._serialized_start=814
-  _globals['_GETFAULTSREQUEST']._serialized_end=832
-  _globals['_WORKER']._serialized_start=904
-  _globals['_WORKER']._serialized_end=1220
-  _globals['_ENCODER']._serialized_start=1223
-  _globals['_ENCODER']._serialized_end=1415
-  _globals['_DECODER']._serialized_start=1418
-  _globals['_DECODER']._serialized_end=1610
+  _globals['_BATCH']._serialized_end=222
+  _globals['_STATUS']._serialized_start=224
+  _globals['_STATUS']._serialized_end=263
+  _globals['_BATCHRESULT']._serialized_start=266
+  _globals['_BATCHRESULT']._serialized_end=418
+  _globals['_TENSORSPEC']._serialized_start=420
+  _globals['_TENSORSPEC']._serialized_end=479
+  _globals['_DESCRIBEREQUEST']._serialized_start=481
+  _globals['_DESCRIBEREQUEST']._serialized_end=498
+  _globals['_MODELDESCRIPTION']._serialized_start=501
+  _globals['_MODELDESCRIPTION']._serialized_end=683
+  _globals['_FAULTCONFIG']._serialized_start=686
+  _globals['_FAULTCONFIG']._serialized_end=828
+  _globals['_GETFAULTSREQUEST']._serialized_start=830
+  _globals['_GETFAULTSREQUEST']._serialized_end=848
+  _globals['_WORKER']._serialized_start=920
+  _globals['_WORKER']._serialized_end=1236
+  _globals['_ENCODER']._serialized_start=1239
+  _globals['_ENCODER']._serialized_end=1431
+  _globals['_DECODER']._serialized_start=1434
+  _globals['_DECODER']._serialized_end=1626
 # @@protoc_insertion_point(module_scope)

@@ -86,12 +86,15 @@ class Batch(_message.Message):
     INDEX_FIELD_NUMBER: _builtins.int
     TENSORS_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    PARITY_FIELD_NUMBER: _builtins.int
     group_id: _builtins.int
     """coding group, chosen by the caller"""
     index: _builtins.int
     """position in the group: 0..k-1 data, k parity; for the decoder the missing one"""
     cancel: _builtins.bool
     """Stream only: cancel the in-flight batch with this (group_id, index); it is answered CANCELLED."""
+    parity: _builtins.bool
+    """Worker only: a parity batch (ParM: a pool worker runs its parity model on it)."""
     @_builtins.property
     def tensors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tensor]: ...
     def __init__(
@@ -101,10 +104,11 @@ class Batch(_message.Message):
         index: _builtins.int = ...,
         tensors: _abc.Iterable[Global___Tensor] | None = ...,
         cancel: _builtins.bool = ...,
+        parity: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "group_id", b"group_id", "index", b"index", "tensors", b"tensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "group_id", b"group_id", "index", b"index", "parity", b"parity", "tensors", b"tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

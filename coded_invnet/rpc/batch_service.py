@@ -29,15 +29,32 @@ PENDING_PER_SLOT = 16  # a stream may queue this many batches per concurrent slo
 
 
 class BatchProcessor:
-    def __init__(self, process: Process, metrics: ServingMetrics, max_message_bytes: int, max_inflight: int):
+    """`parity_process` runs the batches marked `parity` (a pool worker's ParM parity model); None: the
+    same `process` runs every batch."""
+
+    def __init__(
+        self,
+        process: Process,
+        metrics: ServingMetrics,
+        max_message_bytes: int,
+        max_inflight: int,
+        parity_process: Process | None = None,
+    ):
         self.process = process
+        self.parity_process = parity_process
         self.metrics = metrics
         self.max_message_bytes = max_message_bytes
         self.max_inflight = max_inflight
 
     @classmethod
-    def for_config(cls, process: Process, metrics: ServingMetrics, cfg: ServingConfig) -> BatchProcessor:
-        return cls(process, metrics, cfg.message_limit, cfg.max_inflight)
+    def for_config(
+        cls,
+        process: Process,
+        metrics: ServingMetrics,
+        cfg: ServingConfig,
+        parity_process: Process | None = None,
+    ) -> BatchProcessor:
+        return cls(process, metrics, cfg.message_limit, cfg.max_inflight, parity_process)
 
     async def handle(self, batch: coded_pb2.Batch) -> coded_pb2.BatchResult:
         """One batch; raises ServingError subclasses (mapped to status codes at the edge)."""
@@ -48,7 +65,8 @@ class BatchProcessor:
             if not batch.tensors:
                 raise InvalidInput("batch has no tensors")
             arrays = arrays_from_proto(batch.tensors, max_bytes=self.max_message_bytes)
-            computed = await self.process(arrays)
+            process = self.parity_process if batch.parity and self.parity_process else self.process
+            computed = await process(arrays)
         except asyncio.CancelledError:
             self.metrics.record_failure(Cancelled.reason, (time.perf_counter() - received) * 1e6)
             raise

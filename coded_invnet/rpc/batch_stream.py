@@ -84,7 +84,9 @@ class BatchStream:
         """Send ``batch`` and return its result; raise Unavailable on a stream failure or past
         ``timeout_s``. Cancelling the caller withdraws the batch at the server too."""
         stream = self._live()
-        wire = coded_pb2.Batch(group_id=next(self._wire_ids), index=batch.index, tensors=batch.tensors)
+        wire = coded_pb2.Batch(
+            group_id=next(self._wire_ids), index=batch.index, tensors=batch.tensors, parity=batch.parity
+        )
         key = (wire.group_id, wire.index)
         future: asyncio.Future[coded_pb2.BatchResult] = asyncio.get_running_loop().create_future()
         stream.pending[key] = future

@@ -20,10 +20,11 @@ from coded_invnet.serving.errors import ConfigError
 
 SERVICES = ("worker", "encoder", "decoder", "frontend")
 DECODABLE_MODES = ("parm", "coded-invnet")  # the modes with a parity path (encoder, parity worker, decoder)
+PARITIES = 1  # parity batches per coding group in the coded modes (r)
 MODEL_SERVICES = ("worker", "encoder", "decoder")
 WORKER = ("worker",)
 FRONTEND = ("frontend",)
-ROLES = ("data", "parity")
+ROLES = ("data", "parity", "pool")  # pool: data and parity batches, chosen per batch
 DEVICES = ("auto", "cpu", "cuda")
 DELAY_KINDS = ("none", "fixed", "exponential")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -74,8 +75,8 @@ class ServingConfig:
     fault_api: str = "off"  # "on": SetFaults/GetFaults answer on the serving port (tests, benchmarks)
     # frontend
     model_name: str = "mnist"  # the name clients infer with (Open Inference Protocol)
-    workers: tuple[str, ...] = ()  # "host:port" list, or one "dns:///name:port" target
-    parity_worker: str = ""
+    workers: tuple[str, ...] = ()  # "host:port" list, or one "dns:///name:port" or "file:///path" target
+    parity_worker: str = ""  # set: the fixed layout (k data slots + parity); empty: parity in the pool
     encoder: str = ""
     decoder: str = ""
     max_batch: int = 32
@@ -92,7 +93,7 @@ class ServingConfig:
     # 32 rows served 2888 q/s, 8 groups of up to 8 rows 2329 q/s; batches averaged 13.6 and 5.3 rows)
     max_inflight_groups: int = 3
     rpc_timeout_s: float = DEFAULT_RPC_TIMEOUT_S
-    discovery_interval_s: float = 5.0  # how often a dns:/// worker pool is resolved again
+    discovery_interval_s: float = 5.0  # how often dns:/// and file:/// targets are resolved again
 
     @property
     def message_limit(self) -> int:
@@ -143,7 +144,7 @@ def require_decodable_mode(cfg: ServingConfig) -> None:
 
 def default_model_file(service: str, mode: str, role: str, k: int) -> str:
     if service == "worker":
-        return f"parm_k{k}.onnx" if (mode, role) == ("parm", "parity") else "worker.onnx"
+        return f"parm_k{k}.onnx" if (mode, role) == ("parm", "parity") else "worker.onnx"  # pool: data
     if service == "encoder":
         return f"parm_encoder_k{k}.onnx" if mode == "parm" else f"encoder_k{k}.onnx"
     if service == "decoder":
@@ -249,10 +250,20 @@ SETTINGS: tuple[Setting, ...] = (
         choices=SWITCH,
     ),
     Setting("model_name", str, "model name clients ask for", FRONTEND),
-    Setting("workers", _csv, "data worker targets, comma-separated", FRONTEND),
-    Setting("parity_worker", str, "parity worker target", FRONTEND),
-    Setting("encoder", str, "encoder target", FRONTEND),
-    Setting("decoder", str, "decoder target", FRONTEND),
+    Setting(
+        "workers",
+        _csv,
+        "worker targets: host:port list, or one dns:///name:port or file:///path (re-resolved)",
+        FRONTEND,
+    ),
+    Setting(
+        "parity_worker",
+        str,
+        "parity worker target (fixed layout; empty: parity batches go to the pool)",
+        FRONTEND,
+    ),
+    Setting("encoder", str, "encoder target(s): host:port, dns:///name:port or file:///path", FRONTEND),
+    Setting("decoder", str, "decoder target(s): host:port, dns:///name:port or file:///path", FRONTEND),
     Setting("max_batch", int, "queries per data batch (B)", FRONTEND, check=_positive),
     Setting("max_delay_ms", float, "longest wait while filling a group", FRONTEND, check=_non_negative),
     _frontend("straggler_timeout_ms", float, "wait before re-sending (or decoding) a batch", _positive),
@@ -289,10 +300,19 @@ SETTINGS: tuple[Setting, ...] = (
         "input bytes of the requests held at once before RESOURCE_EXHAUSTED (0: 16 largest messages)",
         _non_negative,
     ),
-    Setting("max_inflight_groups", int, "coding groups in flight", FRONTEND, check=_positive),
+    Setting(
+        "max_inflight_groups",
+        int,
+        "coding groups in flight per k + r pool workers",
+        FRONTEND,
+        check=_positive,
+    ),
     Setting("rpc_timeout_s", float, "deadline of each backend batch", FRONTEND, check=_positive),
     _frontend(
-        "discovery_interval_s", float, "seconds between two resolutions of a dns:/// worker pool", _positive
+        "discovery_interval_s",
+        float,
+        "seconds between two resolutions of dns:/// and file:/// targets",
+        _positive,
     ),
 )
 

@@ -50,6 +50,12 @@ class ServingMetrics:
             ("mode", "outcome"),
             registry=self.registry,
         )
+        self.backend_batches = Counter(
+            "coded_backend_batches",
+            "Batches the frontend sent, by backend kind (worker, encoder, decoder) and address",
+            ("backend", "address"),
+            registry=self.registry,
+        )
         self.decode_duration = Histogram(
             "coded_decode_duration_us", "Decode latency, us", ("mode",), buckets=DECODE_BUCKETS_US,
             registry=self.registry,
@@ -79,6 +85,9 @@ class ServingMetrics:
     def record_decode(self, mode: str, duration_us: float) -> None:
         self.decode_total.labels(mode).inc()
         self.decode_duration.labels(mode).observe(duration_us)
+
+    def record_backend_batch(self, backend: str, address: str) -> None:
+        self.backend_batches.labels(backend, address).inc()
 
     def record_parity_path(self, mode: str, started: bool) -> None:
         self.parity_paths.labels(mode, "started" if started else "skipped").inc()

@@ -50,7 +50,7 @@ class WorkerKiller(Protocol):
 
 
 class PodKiller:
-    """Deletes data-worker pods (StatefulSet pods worker-0..worker-{slots-1}) with no grace period; before
+    """Deletes worker pods (StatefulSet pods worker-0..worker-{slots-1}) with no grace period; before
     each kill it waits until the previous victim's replacement is Ready (one worker down at a time)."""
 
     def __init__(self, core: Any, namespace: str, slots: int, statefulset: str = "worker") -> None:
@@ -180,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     cluster = parser.add_argument_group("cluster (used when KUBECONFIG is set or in a pod)")
     cluster.add_argument("--target", default="frontend:8001", help="frontend host:port")
     cluster.add_argument("--namespace", default="coded-invnet")
+    cluster.add_argument(
+        "--pool-size", type=int, default=None, help="worker pods to choose from: worker-0 ... (default: k)"
+    )
     add_tls_arguments(cluster)
     local = parser.add_argument_group("local (otherwise): the launcher's system")
     local.add_argument("--model-dir", default="models/mnist")
@@ -189,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     plan = ChaosPlan(args.duration, args.rate, args.kill_every, args.timeout, args.seed)
 
-    pod_killer = cluster_pod_killer(args.namespace, args.k)
+    pod_killer = cluster_pod_killer(args.namespace, args.pool_size or args.k)
     if pod_killer is not None:
         tls = tls_from_arguments(args)
         report = asyncio.run(run_chaos(pod_killer, args.target, args.model, args.dataset, plan, tls))

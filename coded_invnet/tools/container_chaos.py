@@ -4,8 +4,8 @@ frontend while containers are SIGKILLed and started again, one at a time.
     python -m coded_invnet.tools.container_chaos chaos --duration 60 --out results/chaos-containers.json
     python -m coded_invnet.tools.container_chaos smoke --out results/containers.json   (make test-containers)
 
-`chaos` kills a random data-worker container every --kill-every seconds and, once each, the parity
-worker, the encoder and the decoder; each victim is started again at once and must pass its health
+`chaos` kills a random pool-worker container every --kill-every seconds and, once each, the encoder and
+the decoder; each victim is started again at once and must pass its health
 check before the next kill (one pod down at a time, as the PodDisruptionBudget allows). `smoke` is the CI
 test: build the images, start the system, answer through the SDK and an unmodified tritonclient, kill
 one data worker under load, stop the system, and report image sizes, seconds to healthy and
@@ -49,8 +49,8 @@ from coded_invnet.tools.containers import (
 )
 from coded_invnet.tools.openloop import poisson_schedule, run_open_loop, summarize
 
-# The coding path's single points, each killed once in a chaos run (the data workers at random otherwise).
-SINGLE_COMPONENTS = ("parity", "encoder", "decoder")
+# The coding path's single points, each killed once in a chaos run (the pool workers at random otherwise).
+SINGLE_COMPONENTS = ("encoder", "decoder")
 RESTART_TIMEOUT_S = 120.0
 
 # tritonclient and our SDK both register a protobuf package named `inference`: one process each.
@@ -73,12 +73,12 @@ print(json.dumps({"ready": client.is_model_ready(model), "label": label}))
 @dataclass(frozen=True)
 class Kill:
     due_s: float  # seconds after the load starts
-    component: str  # app.kubernetes.io/component of the victim; "worker" picks a random data worker
+    component: str  # app.kubernetes.io/component of the victim; "worker" picks a random pool worker
 
 
 def chaos_kills(plan: ChaosPlan) -> list[Kill]:
-    """A data worker every plan.kill_every_s; the parity worker, encoder and decoder once each, as the 2nd,
-    4th and 6th kills: early, because on a busy host restarts outlast the interval and push later kills
+    """A pool worker every plan.kill_every_s; the encoder and decoder once each, as the 2nd and 4th
+    kills: early, because on a busy host restarts outlast the interval and push later kills
     past the end of the load."""
     dues = [float(due) for due in np.arange(plan.kill_every_s, plan.duration_s, plan.kill_every_s)]
     components = ["worker"] * len(dues)

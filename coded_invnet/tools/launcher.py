@@ -17,10 +17,20 @@ Python API (used by the tests, the demo, the chaos runner and the benchmarks)::
         system.restart("worker-3")      # start it again on its old ports, wait until SERVING
     # on exit: SIGTERM to every process, SIGKILL to those still alive after `stop_grace_s`
 
+    with launch("models/mnist", k=4, pool_size=10, frontends=2, coders=2) as system:
+        system.add_worker()             # a new pool worker, SERVING, then listed for the frontends
+        system.remove_worker("worker-2")  # unlisted, one discovery interval, then SIGTERM
+        system.frontends[1].kill()      # the frontends share the pool and know nothing of each other
+
 `launch` starts k data workers, and for the coded modes a parity worker, an encoder and a decoder, then
-the frontend pointed at them; each gets free loopback ports (gRPC and Prometheus) and a log file under
-`log_dir` (a temporary folder unless given). It returns once every process answers SERVING on the
-grpc.health.v1 service, or raises `LaunchError` with the tail of the failing process's log.
+the frontend pointed at them (the fixed layout). With `pool_size` N (at least k + r) it starts N pool
+workers instead (role "pool", no parity worker): their targets go to a file (`workers_file`) that the
+frontends read again every `POOL_DISCOVERY_S`, so `add_worker` and `remove_worker` change the pool while
+it serves. `coders` E > 1 starts E encoders and E decoders, listed in files alike; `frontends` F starts F
+independent frontends on the same backends. Each service gets free loopback ports (gRPC and Prometheus)
+and a log file under `log_dir` (a temporary folder unless given). It returns once every process
+answers SERVING on the grpc.health.v1 service, or raises `LaunchError` with the tail of the failing
+process's log.
 Extra settings go to every process (`settings`) or to one service (`frontend_settings`,
 `worker_settings`) as config field names, e.g. ``frontend_settings={"straggler_timeout_ms": 30}``.
 The workers' fault injection API (SetFaults/GetFaults) is off unless `fault_api=True` (`--fault-api`).
@@ -50,12 +60,11 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from coded_invnet.coding import CODING_MODES
 from coded_invnet.rpc.channels import TlsOptions
-from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
+from coded_invnet.serving.config import DECODABLE_MODES, PARITIES, ServingConfig
 from coded_invnet.tools.certificates import Certificates, make_certificates
 from coded_invnet.tools.processes import (
     HOST,
@@ -66,34 +75,10 @@ from coded_invnet.tools.processes import (
     spawn,
     wait_serving,
 )
+from coded_invnet.tools.system import POOL_DISCOVERY_S, System
+from services.frontend.discovery import FILE_SCHEME, write_targets
 
 Settings = Mapping[str, object]
-
-
-@dataclass
-class System:
-    """The running services of one `launch`."""
-
-    frontend: ServiceProcess
-    workers: list[ServiceProcess]
-    parity_worker: ServiceProcess | None
-    encoder: ServiceProcess | None
-    decoder: ServiceProcess | None
-    log_dir: Path
-    mode: str
-    k: int
-    client_tls: TlsOptions | None = None  # for clients of the frontend: None when the system is plaintext
-    services: dict[str, ServiceProcess] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        every = [*self.workers, self.parity_worker, self.encoder, self.decoder, self.frontend]
-        self.services = {s.name: s for s in every if s is not None}
-
-    def restart(self, name: str, ready_timeout_s: float = 60.0) -> None:
-        """Restart service `name` (e.g. a killed "worker-3") on its old ports; return once it is SERVING."""
-        service = self.services[name]
-        service.restart()
-        wait_serving([service], ready_timeout_s)
 
 
 def _flags(settings: Settings) -> list[str]:
@@ -143,8 +128,13 @@ def launch(
     fault_api: bool = False,
     tls: bool = False,
     session: str = SESSIONS[0],
+    pool_size: int | None = None,
+    frontends: int = 1,
+    coders: int = 1,
 ) -> Iterator[System]:
     """Start the system, yield it once every service is SERVING, stop everything on exit.
+    `pool_size`: N pool workers (targets file, run-time changes) instead of the fixed layout;
+    `frontends`: independent frontends on the same backends; `coders`: encoders and decoders each.
     `fault_api`: the workers answer SetFaults/GetFaults (for benchmarks and tests that inject faults).
     `tls`: every port serves TLS with throwaway certificates (deleted on exit); the backends accept only
     the frontend's client certificate; clients of the frontend use `system.client_tls`.
@@ -177,28 +167,62 @@ def launch(
             return started[-1]
 
         worker_extra = {**model_common, "fault_api": "on" if fault_api else "off", **(worker_settings or {})}
+        coded = mode in DECODABLE_MODES
+        if pool_size is not None and pool_size < k + PARITIES * coded:
+            raise LaunchError(f"pool_size {pool_size}: a group needs k + r = {k + PARITIES * coded} workers")
+        pool = {**worker_extra, "role": "pool"}
+
+        def start_worker(name: str) -> ServiceProcess:
+            return start(name, "worker", pool, data_niceness)
+
         data = {**worker_extra, "role": "data"}
-        workers = [start(f"worker-{i}", "worker", data, data_niceness) for i in range(k)]
+        if pool_size is None:
+            workers = [start(f"worker-{i}", "worker", data, data_niceness) for i in range(k)]
+        else:
+            workers = [start_worker(f"worker-{i}") for i in range(pool_size)]
         parity = encoder = decoder = None
-        if mode in DECODABLE_MODES:
-            parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"}, parity_niceness)
-            encoder = start("encoder", "encoder", model_common, parity_niceness)
-            decoder = start("decoder", "decoder", model_common)
-        backends = {
-            "workers": [w.target for w in workers],
+        encoders: list[ServiceProcess] = []
+        decoders: list[ServiceProcess] = []
+        if coded:
+            if pool_size is None:
+                parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"}, parity_niceness)
+            for i in range(coders):
+                suffix = f"-{i}" if i else ""
+                encoders.append(start("encoder" + suffix, "encoder", model_common, parity_niceness))
+                decoders.append(start("decoder" + suffix, "decoder", model_common))
+            encoder, decoder = encoders[0], decoders[0]
+        backends: dict[str, object] = {
+            "workers": _targets(logs / "workers.txt", workers, pool_size is not None),
             **({"parity_worker": parity.target} if parity else {}),
-            **({"encoder": encoder.target} if encoder else {}),
-            **({"decoder": decoder.target} if decoder else {}),
         }
-        # Backends first: the frontend's warm-up asks worker 0 to describe its model, which a worker
+        if coded:
+            backends["encoder"] = _targets(logs / "encoders.txt", encoders, coders > 1)
+            backends["decoder"] = _targets(logs / "decoders.txt", decoders, coders > 1)
+        if pool_size is not None or coders > 1:
+            backends["discovery_interval_s"] = POOL_DISCOVERY_S
+        # Backends first: the frontend's warm-up asks a worker to describe its model, which a worker
         # still loading answers with an empty description.
         wait_serving(started, ready_timeout_s)
-        frontend = start(
-            "frontend", "frontend", {**frontend_tls, **common, **backends, **(frontend_settings or {})}
-        )
-        wait_serving([frontend], ready_timeout_s)
+        front = {**frontend_tls, **common, **backends, **(frontend_settings or {})}
+        every_frontend = [
+            start("frontend" + (f"-{i}" if i else ""), "frontend", front) for i in range(frontends)
+        ]
+        wait_serving(every_frontend, ready_timeout_s)
         client_tls = TlsOptions(certificates.ca) if certificates else None
-        yield System(frontend, workers, parity, encoder, decoder, logs, mode, k, client_tls)
+        yield System(
+            every_frontend[0], workers, parity, encoder, decoder, logs, mode, k, client_tls,
+            frontends=every_frontend, coders=[*encoders, *decoders],
+            workers_file=logs / "workers.txt" if pool_size is not None else None,
+            start_worker=start_worker if pool_size is not None else None, ready_timeout_s=ready_timeout_s,
+        )  # fmt: skip
+
+
+def _targets(path: Path, services: list[ServiceProcess], listed: bool) -> str | list[str]:
+    """The services' addresses, or (listed) a file of them the frontends read again."""
+    if not listed:
+        return [s.target for s in services]
+    write_targets(path, [s.target for s in services])
+    return FILE_SCHEME + str(path.resolve())
 
 
 def _tls_settings(certificates: Certificates | None) -> tuple[Settings, Settings, TlsOptions | None]:
@@ -242,6 +266,11 @@ def main(argv: list[str] | None = None) -> None:
         choices=SESSIONS,
         help="per-service: a process session (scheduler group) per service; shared: the launcher's",
     )
+    parser.add_argument(
+        "--pool-size", type=int, help="N pool workers (>= k + r) instead of k + 1 fixed slots"
+    )
+    parser.add_argument("--frontends", type=int, default=1, help="independent frontends sharing the backends")
+    parser.add_argument("--coders", type=int, default=1, help="encoders and decoders (coded modes), each")
     args = parser.parse_args(argv)
     # run the clean-up of `launch` on SIGTERM, and on Ctrl-C even where SIGINT came in ignored
     # (background jobs of a non-interactive shell); a second Ctrl-C must not cut the clean-up short
@@ -256,11 +285,17 @@ def main(argv: list[str] | None = None) -> None:
             fault_api=args.fault_api,
             tls=args.tls,
             session=args.session,
+            pool_size=args.pool_size,
+            frontends=args.frontends,
+            coders=args.coders,
         ) as system:
             for name, service in system.services.items():
                 print(
                     f"{name:14s} {service.target:22s} metrics :{service.metrics_port:<6d} pid {service.pid}"
                 )
+            if system.workers_file is not None:
+                every = f"the frontends re-read it every {POOL_DISCOVERY_S:g} s"
+                print(f"pool: {system.workers_file} lists the workers ({every})")
             if system.client_tls is not None:
                 print(f"TLS: clients verify the frontend with the CA {system.client_tls.ca_file}")
             print(

@@ -1,14 +1,15 @@
-"""gRPC implementation of the batcher's `Backends`: data workers, encoder, parity worker, decoder.
+"""gRPC implementation of the batcher's `Backends`: workers, encoders, decoders, each kind a `Pool`.
 
-Every backend is reached over one long-lived bidirectional stream carrying many batches at once
+Every backend address is reached over one long-lived bidirectional stream carrying many batches at once
 (`BatchStream`: a deadline per batch, in-stream cancellation, reopened when it breaks). Cancelling the
-awaiting task withdraws the batch at the backend: that is how a straggler's call is cancelled.
+awaiting task withdraws the batch at the backend: that is how a straggler's call is cancelled. Each call
+counts as in flight on its address while it runs (`Pool.started` / `finished`): that is the load the
+placement of groups and the choice of an encoder or decoder go by.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,99 +21,113 @@ from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.rpc.batch_stream import BatchStream
 from coded_invnet.rpc.channels import client_tls, create_channel
 from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
-from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, ServingConfig
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, PARITIES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
+from coded_invnet.serving.metrics import ServingMetrics
 from services.frontend.calls import WorkerOutput
 from services.frontend.inference import ModelSpec
+from services.frontend.pool import NO_MEMBER, Placement, Pool, place_in_pool, place_in_slots
 
-DNS_SCHEME = "dns:///"
-
-
-def is_dns_target(targets: Sequence[str]) -> bool:
-    return len(targets) == 1 and targets[0].startswith(DNS_SCHEME)
-
-
-def resolve_workers(targets: Sequence[str], k: int) -> list[str]:
-    """Static "host:port" list, or one "dns:///name:port" whose A records are the workers.
-
-    For Kubernetes, point the DNS name at a headless Service over the worker StatefulSet: its records
-    are the pod IPs; sorted, so every frontend replica deals batch j to the same worker.
-    """
-    if is_dns_target(targets):
-        host, _, port = targets[0].removeprefix(DNS_SCHEME).rpartition(":")
-        try:
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        except (socket.gaierror, ValueError) as exc:
-            raise Unavailable(f"cannot resolve workers {targets[0]!r}: {exc}") from None
-        addresses = sorted({str(info[4][0]) for info in infos})
-        found = [f"[{a}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
-    else:
-        found = list(targets)
-    if len(found) < k:
-        raise Unavailable(f"found {len(found)} data workers ({', '.join(found) or 'none'}); k={k} needed")
-    return found[:k]
+# backend kind → (stub, stream method prefix)
+STUBS: dict[str, tuple[Any, str]] = {
+    "worker": (coded_pb2_grpc.WorkerStub, "Infer"),
+    "encoder": (coded_pb2_grpc.EncoderStub, "Encode"),
+    "decoder": (coded_pb2_grpc.DecoderStub, "Decode"),
+}
 
 
 def check_targets(cfg: ServingConfig) -> None:
     if not cfg.workers:
         raise ConfigError("CODED_WORKERS (--workers) names no data worker")
-    if cfg.mode in DECODABLE_MODES and not (cfg.parity_worker and cfg.encoder and cfg.decoder):
+    if cfg.mode in DECODABLE_MODES and not (cfg.encoder and cfg.decoder):
         raise ConfigError(
-            f"mode {cfg.mode} needs CODED_PARITY_WORKER, CODED_ENCODER and CODED_DECODER; "
-            "without them use mode none or replication"
+            f"mode {cfg.mode} needs CODED_ENCODER and CODED_DECODER (CODED_PARITY_WORKER too for the fixed "
+            "layout; without it parity batches go to the pool); without them use mode none or replication"
         )
+
+
+def targets(cfg: ServingConfig) -> dict[str, tuple[str, ...]]:
+    """Each backend kind's configured targets (fixed addresses or one discovery source)."""
+    found = {"worker": cfg.workers}
+    if cfg.mode in DECODABLE_MODES:
+        found |= {"encoder": (cfg.encoder,), "decoder": (cfg.decoder,)}
+    return found
 
 
 class GrpcBackends:
-    """Channels and stubs to every backend; create inside the event loop, `close()` when done."""
+    """Channels and streams to every backend address; create inside the event loop, give each kind its
+    addresses with `update` (again whenever discovery finds others), `close()` when done."""
 
-    def __init__(self, cfg: ServingConfig, workers: Sequence[str]) -> None:
-        self._cfg = cfg
-        self._channels: dict[str, grpc.aio.Channel] = {}  # by backend ("data worker 3", "encoder", ...)
-        self._streams: dict[str, BatchStream] = {}
-        self._retiring: set[asyncio.Task[None]] = set()  # closing the channels of moved workers
-        self.workers = list(workers)
-        for i, target in enumerate(workers):
-            self._connect(f"data worker {i}", target, coded_pb2_grpc.WorkerStub, "Infer")
-        if cfg.mode in DECODABLE_MODES:
-            self._connect("parity worker", cfg.parity_worker, coded_pb2_grpc.WorkerStub, "Infer")
-            self._connect("encoder", cfg.encoder, coded_pb2_grpc.EncoderStub, "Encode")
-            self._connect("decoder", cfg.decoder, coded_pb2_grpc.DecoderStub, "Decode")
+    def __init__(self, cfg: ServingConfig, metrics: ServingMetrics | None = None) -> None:
+        self._cfg, self._metrics = cfg, metrics
+        self.fixed = bool(cfg.parity_worker) and cfg.mode in DECODABLE_MODES  # k slots + a parity worker
+        self._r = PARITIES if cfg.mode in DECODABLE_MODES else 0
+        suspect_s = cfg.discovery_interval_s
+        self.pools = {kind: Pool(suspect_s=suspect_s) for kind in STUBS}
+        self._slots: list[str] = []  # the fixed layout's k data workers, in slot order
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}  # by (kind, address)
+        self._streams: dict[tuple[str, str], BatchStream] = {}
+        self._retiring: set[asyncio.Task[None]] = set()  # closing the streams of departed addresses
 
-    def _connect(self, who: str, target: str, stub_type: Any, method: str) -> None:
-        channel = create_channel(
-            target,
-            timeout_s=self._cfg.rpc_timeout_s,
-            max_message_bytes=BACKEND_MAX_MESSAGE_BYTES,
-            tls=client_tls(self._cfg),
-        )
-        self._channels[who] = channel
-        self._streams[who] = BatchStream(getattr(stub_type(channel), method + "Stream"), who)
+    @property
+    def workers(self) -> list[str]:
+        return list(self._slots) if self.fixed else self.pools["worker"].members
 
-    async def replace_workers(self, workers: Sequence[str]) -> None:
-        """Point the data-worker slots whose address changed (a pod restarted with a new IP) at their new
-        address; batches in flight to an old one fail and are recovered like any failure."""
-        assert len(workers) == len(self.workers), "the number of data workers is fixed (k)"
-        for i, (old, new) in enumerate(zip(self.workers, workers, strict=True)):
-            if old == new:
-                continue
-            who = f"data worker {i}"
-            stream, channel = self._streams.pop(who, None), self._channels.pop(who)
-            self._connect(who, new, coded_pb2_grpc.WorkerStub, "Infer")
-            self.workers[i] = new
-            if stream is not None:
-                await stream.close()  # its batches fail with UNAVAILABLE and are recovered
-            # closing the channel now would cancel unary calls on it (a Describe) instead of failing
-            # them: let them reach their deadlines first
-            retire = asyncio.create_task(self._close_later(channel))
-            self._retiring.add(retire)
-            retire.add_done_callback(self._retiring.discard)
+    async def update(self, kind: str, found: Sequence[str]) -> None:
+        """Take `kind`'s addresses now; departed ones get their in-flight batches' deadline to finish
+        (their failures are recovered like any other), then their channels close."""
+        if kind == "worker" and self.fixed:
+            if len(found) < self._cfg.k:
+                raise Unavailable(
+                    f"found {len(found)} data workers ({', '.join(found)}); k={self._cfg.k} needed"
+                )
+            self._slots = list(found[: self._cfg.k])
+            found = [*self._slots, self._cfg.parity_worker]
+        _joined, left = self.pools[kind].update(found)
+        for address in left:
+            stream, channel = (
+                self._streams.pop((kind, address), None),
+                self._channels.pop((kind, address), None),
+            )
+            if channel is not None:
+                retire = asyncio.create_task(self._close_later(kind, address, stream, channel))
+                self._retiring.add(retire)
+                retire.add_done_callback(self._retiring.discard)
 
-    async def _close_later(self, channel: grpc.aio.Channel) -> None:
+    async def _close_later(
+        self, kind: str, address: str, stream: BatchStream | None, channel: grpc.aio.Channel
+    ) -> None:
         try:
-            await asyncio.sleep(self._cfg.rpc_timeout_s)
+            async with asyncio.timeout(self._cfg.rpc_timeout_s):
+                while self.pools[kind].inflight(address):
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pass
         finally:
+            if stream is not None:
+                await stream.close()
             await channel.close(None)
+
+    def _stream(self, kind: str, address: str) -> BatchStream:
+        key = (kind, address)
+        if key not in self._streams:
+            channel = self._channel(kind, address)
+            stub_type, method = STUBS[kind]
+            self._streams[key] = BatchStream(
+                getattr(stub_type(channel), method + "Stream"), f"{kind} {address}"
+            )
+        return self._streams[key]
+
+    def _channel(self, kind: str, address: str) -> grpc.aio.Channel:
+        key = (kind, address)
+        if key not in self._channels:
+            self._channels[key] = create_channel(
+                address,
+                timeout_s=self._cfg.rpc_timeout_s,
+                max_message_bytes=BACKEND_MAX_MESSAGE_BYTES,
+                tls=client_tls(self._cfg),
+            )
+        return self._channels[key]
 
     async def close(self) -> None:
         for retire in list(self._retiring):
@@ -121,12 +136,25 @@ class GrpcBackends:
         await asyncio.gather(*(s.close() for s in self._streams.values()))
         await asyncio.gather(*(c.close(None) for c in self._channels.values()))
 
+    def place(self, group_id: int, k: int) -> Placement:
+        if self.fixed:
+            return place_in_slots(self._slots, [self._cfg.parity_worker], group_id)
+        return place_in_pool(self.pools["worker"], k, self._r, group_id)
+
+    def parallel_groups(self, k: int) -> int:
+        if self.fixed:
+            return 1
+        return max(1, len(self.pools["worker"].members) // (k + self._r))
+
     async def describe_model(self, wait_s: float) -> ModelSpec:
-        """Wait (up to wait_s) until data worker 0 is SERVING, i.e. has loaded its model, then ask it for
-        its model's input and output shapes. A worker that is down fails this at once (the caller tries
-        again, on the slot's channel of then: discovery may have moved it)."""
-        channel = self._channels["data worker 0"]
+        """Wait (up to wait_s) until a data worker is SERVING, i.e. has loaded its model, then ask it for
+        its model's input and output shapes. A worker that is down fails this at once and becomes a
+        suspect (the caller tries again, on the least suspect worker of then)."""
+        address = self.place(0, self._cfg.k).data[0]
         try:
+            if address == NO_MEMBER:
+                raise Unavailable("the worker pool has no members")
+            channel = self._channel("worker", address)
             async with asyncio.timeout(wait_s):
                 watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
                 async for reply in watch:
@@ -135,9 +163,10 @@ class GrpcBackends:
                         break
                 description = await coded_pb2_grpc.WorkerStub(channel).Describe(coded_pb2.DescribeRequest())
         except TimeoutError:
-            raise Unavailable(f"data worker 0 was not SERVING within {wait_s:g} s") from None
+            raise Unavailable(f"worker {address} was not SERVING within {wait_s:g} s") from None
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"data worker 0: {exc.code().name} {exc.details()}") from None
+            self.pools["worker"].failed(address)
+            raise Unavailable(f"worker {address}: {exc.code().name} {exc.details()}") from None
         inputs = {t.name: t for t in description.inputs}
         outputs = {t.name: t for t in description.outputs}
         if len(inputs) != 1 or "logits" not in outputs:
@@ -145,27 +174,56 @@ class GrpcBackends:
         (spec,) = inputs.values()
         return ModelSpec(spec.name, tuple(int(d) for d in spec.shape[1:]), int(outputs["logits"].shape[-1]))
 
-    async def _call(self, who: str, group_id: int, index: int, **arrays: np.ndarray) -> dict:
-        batch = coded_pb2.Batch(group_id=group_id, index=index, tensors=arrays_to_proto(arrays))
-        result = await self._streams[who].call(batch, self._cfg.rpc_timeout_s)
+    async def _call(
+        self,
+        kind: str,
+        address: str,
+        group_id: int,
+        index: int,
+        parity_batch: bool = False,
+        **arrays: np.ndarray,
+    ) -> dict:
+        if address == NO_MEMBER:
+            raise Unavailable(f"no {kind} is known (discovery found none)")
+        batch = coded_pb2.Batch(
+            group_id=group_id, index=index, tensors=arrays_to_proto(arrays), parity=parity_batch
+        )
+        stream, pool = self._stream(kind, address), self.pools[kind]
+        pool.started(address)
+        if self._metrics is not None:
+            self._metrics.record_backend_batch(kind, address)
+        failed = True  # the stream broke or the deadline passed: the address becomes a suspect
+        try:
+            result = await stream.call(batch, self._cfg.rpc_timeout_s)
+            failed = False
+        except asyncio.CancelledError:
+            failed = False  # withdrawn: says nothing of the backend
+            raise
+        finally:
+            pool.finished(address, failed)
         if result.HasField("error"):
-            raise Unavailable(f"{who}: status {result.error.code} {result.error.message}")
+            raise Unavailable(f"{kind} {address}: status {result.error.code} {result.error.message}")
         return arrays_from_proto(result.tensors, max_bytes=BACKEND_MAX_MESSAGE_BYTES)
 
-    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
-        out = await self._call(f"data worker {worker}", group_id, index, x=images)
+    def _least_loaded(self, kind: str) -> str:
+        return self.pools[kind].choose(1)[0]
+
+    async def infer(self, worker: str, group_id: int, index: int, images: np.ndarray) -> WorkerOutput:
+        out = await self._call("worker", worker, group_id, index, x=images)
         return WorkerOutput(out["logits"], out.get("z"))
 
     async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
         k = batches.shape[1]
-        return (await self._call("encoder", group_id, k, x=batches))["parity"]
+        out = await self._call("encoder", self._least_loaded("encoder"), group_id, k, x=batches)
+        return out["parity"]
 
-    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
-        out = await self._call("parity worker", group_id, self._cfg.k, x=parity_images)
+    async def infer_parity(self, worker: str, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+        out = await self._call("worker", worker, group_id, self._cfg.k, parity_batch=True, x=parity_images)
         return out["z"] if self._cfg.mode == "coded-invnet" else out["logits"]
 
     async def decode(
         self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
     ) -> np.ndarray:
-        out = await self._call("decoder", group_id, missing, parity=parity, available=available)
+        decoder = self._least_loaded("decoder")
+        out = await self._call("decoder", decoder, group_id, missing, parity=parity, available=available)
         return out["logits"]

@@ -48,7 +48,7 @@ class Batcher:
         self._on_group = on_group
         queue = batching.queue
         self._queue: QueryQueue[QueryResult] = QueryQueue(queue.max_size, queue.max_size_per_client, clock)
-        self._inflight = asyncio.Semaphore(batching.max_inflight_groups)
+        self._group_ended = asyncio.Event()
         self._groups: set[asyncio.Task[None]] = set()
         self._group_ids = itertools.count()
         self._loop_task: asyncio.Task[None] | None = None
@@ -58,7 +58,8 @@ class Batcher:
     async def learn_padding(self, image_shape: tuple[int, ...]) -> None:
         """Compute the model's output for a zero image once, so that batches holding only padding
         need not be sent: their outputs, needed to decode the others, are known."""
-        self._padding = await self._backends.infer(0, 0, 0, np.zeros((1, *image_shape), np.float32))
+        worker = self._backends.place(0, self._cfg.k).data[0]
+        self._padding = await self._backends.infer(worker, 0, 0, np.zeros((1, *image_shape), np.float32))
 
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._collect_forever(), name="batcher")
@@ -107,15 +108,22 @@ class Batcher:
         group_size = self._cfg.k * self._batching.max_batch
         max_delay_s = self._batching.max_delay_s
         while True:
-            await self._inflight.acquire()
+            while len(self._groups) >= self._group_limit():
+                self._group_ended.clear()
+                await self._group_ended.wait()
             queries = await self._queue.take(group_size, max_delay_s, self._busy)
             task = asyncio.create_task(self._run_group(queries))
             self._groups.add(task)
             task.add_done_callback(self._group_done)
 
+    def _group_limit(self) -> int:
+        """Groups in flight: `max_inflight_groups` for every k + r workers of the pool (it grows and
+        shrinks with the pool, so that a bigger pool is kept as busy)."""
+        return self._batching.max_inflight_groups * self._backends.parallel_groups(self._cfg.k)
+
     def _group_done(self, task: asyncio.Task[None]) -> None:
         self._groups.discard(task)
-        self._inflight.release()
+        self._group_ended.set()
 
     async def _run_group(self, queries: list[Query[QueryResult]]) -> None:
         group = CodingGroup(

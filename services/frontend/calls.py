@@ -8,6 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
+from services.frontend.pool import Placement
+
 
 @dataclass(frozen=True)
 class WorkerOutput:
@@ -18,13 +20,21 @@ class WorkerOutput:
 class Backends(Protocol):
     """The calls a group makes; each raises on failure and is cancellable."""
 
-    async def infer(self, worker: int, group_id: int, index: int, images: np.ndarray) -> WorkerOutput: ...
+    def place(self, group_id: int, k: int) -> Placement:
+        """The workers of group `group_id`: k for its data batches, r for its parity."""
+        ...
+
+    def parallel_groups(self, k: int) -> int:
+        """How many groups of k + r distinct workers the pool holds at once (at least 1)."""
+        ...
+
+    async def infer(self, worker: str, group_id: int, index: int, images: np.ndarray) -> WorkerOutput: ...
 
     async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
         """(b, k, C, H, W) data batches → (b, C, H, W) parity images."""
         ...
 
-    async def infer_parity(self, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+    async def infer_parity(self, worker: str, group_id: int, parity_images: np.ndarray) -> np.ndarray:
         """Parity images → what decoding needs: z_p (coded-invnet) or parity logits (parm)."""
         ...
 

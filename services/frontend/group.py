@@ -104,6 +104,7 @@ class CodingGroup:
         self._parity_delay_s = parity_delay_s
         self._dispatched = clock()
         self._k = k = cfg.k
+        self._placement = backends.place(group_id, k)
         rows = math.ceil(len(queries) / k)
         self._images = np.zeros((k, rows, *queries[0].image.shape), dtype=np.float32)  # (k, b, C, H, W)
         self._batches = [_Batch([]) for _ in range(k)]
@@ -190,9 +191,9 @@ class CodingGroup:
     # --- calls
     def _infer(self, j: int) -> None:
         batch = self._batches[j]
-        # rotate by group: under light load most groups hold one query (batch 0), which would
-        # otherwise always land on worker 0 and leave the others idle
-        worker = (j + self._id + batch.workers_tried) % self._k
+        # the placement rotates by group (or picks the least loaded): under light load most groups hold
+        # one query (batch 0), which would otherwise always land on one worker and leave the others idle
+        worker = self._placement.data_worker(j, batch.workers_tried)
         batch.workers_tried += 1
         task = self._spawn(self._backends.infer(worker, self._id, j, self._images[j]))
         self._worker_calls[task] = j
@@ -208,7 +209,7 @@ class CodingGroup:
         parity_images = await self._backends.encode(
             self._id, np.ascontiguousarray(self._images.swapaxes(0, 1))
         )
-        return await self._backends.infer_parity(self._id, parity_images)
+        return await self._backends.infer_parity(self._placement.parity[0], self._id, parity_images)
 
     def _decode(self, j: int) -> None:
         assert self._parity is not None

@@ -1,10 +1,13 @@
 """Frontend service: the Open Inference Protocol endpoint in front of the coded worker pool.
 
+    python -m services.frontend.server --workers dns:///worker:8001 --encoder h:p --decoder h:p
     python -m services.frontend.server --workers h:p,h:p --parity-worker h:p --encoder h:p --decoder h:p
 
-Settings: CODED_* env vars or flags (coded_invnet.serving.config, service "frontend"). Health stays
-NOT_SERVING until data worker 0 has described its model (input name and shape) and the output of a
-zero image is known (the padding rows of partial groups).
+Settings: CODED_* env vars or flags (coded_invnet.serving.config, service "frontend"). Without a parity
+worker the workers are one pool of any size (parity batches go to pool workers too); with one, the
+first k workers are the fixed data slots. Discovered targets (dns:///, file:///) are resolved again
+every `discovery_interval_s`. Health stays NOT_SERVING until a data worker has described its model
+(input name and shape) and the output of a zero image is known (the padding rows of partial groups).
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
 from coded_invnet.serving.memory import MemoryReturner
 from coded_invnet.serving.metrics import ServingMetrics
-from services.frontend.backends import GrpcBackends, check_targets, is_dns_target, resolve_workers
+from services.frontend.backends import GrpcBackends, check_targets, targets
 from services.frontend.batcher import Batcher
+from services.frontend.discovery import is_discovered, resolve
 from services.frontend.group import GroupReport
 from services.frontend.inference import InferenceService, ModelSpec
 from services.frontend.servicer import InferenceServicer
@@ -30,14 +34,14 @@ SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 DESCRIBE_WAIT_S = 60.0  # workers may still be loading their models
 RETRY_DESCRIBE_S = 1.0
 MEMORY_TRIM_INTERVAL_S = 2.0  # clients' large requests come and go: hand their memory back soon after
-Resolve = Callable[[Sequence[str], int], list[str]]
+Resolve = Callable[[Sequence[str]], list[str]]
 
 
 class Frontend:
     """The frontend's parts, wired (inside a running event loop); `start()`, then `host.stop()`, which
     closes the batcher, the rediscovery task and the backend channels too."""
 
-    def __init__(self, cfg: ServingConfig, resolve: Resolve = resolve_workers) -> None:
+    def __init__(self, cfg: ServingConfig, resolve: Resolve = resolve) -> None:
         check_targets(cfg)
         self.cfg = cfg
         self.spec: ModelSpec | None = None
@@ -46,7 +50,8 @@ class Frontend:
         self._memory = MemoryReturner(MEMORY_TRIM_INTERVAL_S)
         metrics = ServingMetrics(cfg.model_name)
         self.host = ServiceHost(cfg, [SERVICE_NAME], metrics)
-        self.backends = GrpcBackends(cfg, resolve(cfg.workers, cfg.k))
+        self._targets = targets(cfg)
+        self.backends = GrpcBackends(cfg, metrics)
         self.batcher = Batcher(cfg, self.backends, on_group=self._record_group)
         service = InferenceService(
             self.batcher, cfg.model_name, metrics, self._spec, cfg.message_limit, cfg.request_bytes_budget
@@ -57,16 +62,23 @@ class Frontend:
         self.host.add_cleanup(self._close)
 
     def _spec(self) -> ModelSpec | None:
-        return self.spec  # None until data worker 0 has described its model
+        return self.spec  # None until a data worker has described its model
 
     @property
     def port(self) -> int:
         return self.host.port
 
     async def start(self) -> None:
+        """Resolve every backend kind once (a fixed layout short of k workers fails here; a pool may
+        start empty), then serve."""
+        for kind, found in self._targets.items():
+            if is_discovered(found) and not (kind == "worker" and self.backends.fixed):
+                await self._discover(kind)
+            else:
+                await self.backends.update(kind, self._resolve(found))
         self._memory.start()
         self.batcher.start()
-        if is_dns_target(self.cfg.workers):
+        if any(is_discovered(found) for found in self._targets.values()):
             self._rediscovery = asyncio.create_task(self._rediscover_forever(), name="rediscovery")
         await self.host.start(self._describe)
 
@@ -80,14 +92,14 @@ class Frontend:
         await self._memory.stop()
 
     async def _describe(self) -> None:
-        """Learn the model's shapes from data worker 0, waiting for it as long as it takes (it may start
-        later, or move: each attempt asks the slot's current channel)."""
+        """Learn the model's shapes from a data worker, waiting for one as long as it takes (it may start
+        later, or move: each attempt asks the pool of then)."""
         while True:
             try:
                 spec = await self.backends.describe_model(DESCRIBE_WAIT_S)
                 await self.batcher.learn_padding(spec.image_shape)
             except Unavailable as error:
-                log.warning("data worker 0 is not ready; waiting", extra={"error": str(error)})
+                log.warning("no data worker is ready; waiting", extra={"error": str(error)})
                 await asyncio.sleep(RETRY_DESCRIBE_S)
                 continue
             self.spec = spec
@@ -95,18 +107,26 @@ class Frontend:
             return
 
     async def _rediscover_forever(self) -> None:
-        """Resolve a DNS-named worker pool again every `discovery_interval_s`: a restarted pod comes
-        back with a new address, which its slot must follow."""
+        """Resolve the discovered targets again every `discovery_interval_s`: workers join and leave a
+        pool, a restarted pod of the fixed layout comes back with a new address its slot must follow."""
         while True:
             await asyncio.sleep(self.cfg.discovery_interval_s)
-            try:
-                found = await asyncio.to_thread(self._resolve, self.cfg.workers, self.cfg.k)
-            except Unavailable as error:
-                log.warning("worker discovery failed; keeping the known workers", extra={"error": str(error)})
-                continue
-            if found != self.backends.workers:
-                log.info("data workers moved", extra={"before": self.backends.workers, "after": found})
-                await self.backends.replace_workers(found)
+            for kind, found in self._targets.items():
+                if is_discovered(found):
+                    await self._discover(kind)
+
+    async def _discover(self, kind: str) -> None:
+        try:
+            found = await asyncio.to_thread(self._resolve, self._targets[kind])
+            before = self.backends.pools[kind].members
+            await self.backends.update(kind, found)
+        except Unavailable as error:
+            log.warning(
+                "discovery failed; keeping the known backends", extra={"kind": kind, "error": str(error)}
+            )
+            return
+        if self.backends.pools[kind].members != before:
+            log.info("backends changed", extra={"kind": kind, "before": before, "after": found})
 
     def _record_group(self, report: GroupReport) -> None:
         metrics = self.host.metrics
@@ -116,7 +136,7 @@ class Frontend:
             metrics.record_decode(self.cfg.mode, report.decode_seconds * 1e6)
 
 
-async def start(cfg: ServingConfig, resolve: Resolve = resolve_workers) -> Frontend:
+async def start(cfg: ServingConfig, resolve: Resolve = resolve) -> Frontend:
     """A started frontend: answering at once, NOT_SERVING until its data workers have answered."""
     frontend = Frontend(cfg, resolve)
     await frontend.start()

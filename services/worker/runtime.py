@@ -80,10 +80,22 @@ class WorkerRuntime:
     """`fault_api`: whether callers may read and change the injected faults at run time; the faults
     configured at start apply either way."""
 
-    def __init__(self, model: OnnxModel, faults: FaultInjector, fault_api: bool = False) -> None:
+    def __init__(
+        self,
+        model: OnnxModel,
+        faults: FaultInjector,
+        fault_api: bool = False,
+        parity_model: OnnxModel | None = None,
+    ) -> None:
         self.model = model
+        self.parity_model = parity_model  # a ParM pool worker's second model, for the parity batches
         self.faults = faults
         self.fault_api = fault_api
+
+    def load(self) -> None:
+        self.model.load()
+        if self.parity_model is not None:
+            self.parity_model.load()
 
     def set_faults(self, spec: FaultSpec) -> FaultSpec:
         self.require_fault_api()
@@ -101,3 +113,12 @@ class WorkerRuntime:
     async def infer(self, feeds: dict[str, np.ndarray]) -> Computed:
         await self.faults.apply()
         return await self.model.infer(feeds)
+
+    async def infer_parity(self, feeds: dict[str, np.ndarray]) -> Computed:
+        assert self.parity_model is not None
+        await self.faults.apply()
+        return await self.parity_model.infer(feeds)
+
+
+async def refuse_parity(feeds: dict[str, np.ndarray]) -> Computed:
+    raise InvalidInput("a parity batch sent to a ParM data worker: start it with CODED_ROLE=pool or parity")

@@ -1,9 +1,11 @@
-"""Finding the data workers: a static list, or the A records of one DNS name (a headless Service)."""
+"""Finding the workers: a static list, the A records of one DNS name (a headless Service), a targets
+file; a pool that gains and loses members while it serves."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,9 @@ from helpers import service_config
 from coded_invnet.serving.config import ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.tools.launcher import free_port
-from services.frontend.backends import check_targets, resolve_workers
+from services.frontend.backends import GrpcBackends, check_targets
+from services.frontend.discovery import resolve_workers
+from services.frontend.pool import Placement
 
 
 def test_static_list_is_taken_in_order() -> None:
@@ -40,9 +44,9 @@ def test_coded_modes_need_the_parity_path() -> None:
         check_targets(ServingConfig(service="frontend", mode="none"))
 
 
-def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None:
-    """A DNS-named pool is resolved again: when worker 0 comes back at another address (a restarted
-    pod), its slot moves there and the frontend, stuck NOT_SERVING on the dead address, serves."""
+def test_a_pool_follows_its_dns_name(model_dir: Path) -> None:
+    """A DNS-named pool is resolved again: a dead address it first held (a pod gone) is avoided, and
+    when worker A shows up in its place (a restarted pod, a new address), the pool holds A and B."""
     from coded_invnet.client import AsyncClient
     from services.frontend.server import start as start_frontend
     from services.worker.server import start as start_worker
@@ -52,10 +56,10 @@ def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None
         port_a, port_b = (w.port for w in workers)
         dead = f"127.0.0.1:{free_port()}"
         answers = iter([[dead, f"127.0.0.1:{port_b}"]])
-        moved = [f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"]
+        moved = sorted([f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"])
 
-        def resolve(targets: Sequence[str], k: int) -> list[str]:
-            assert targets == ("dns:///workers.test:8001",) and k == 2
+        def resolve(targets: Sequence[str]) -> list[str]:
+            assert targets == ("dns:///workers.test:8001",)
             return next(answers, moved)
 
         cfg = service_config(
@@ -66,9 +70,8 @@ def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None
         client = AsyncClient(f"127.0.0.1:{frontend.port}", timeout_s=20)
         try:
             async with asyncio.timeout(30):
-                while not await client.ready():
+                while not await client.ready() or frontend.backends.workers != moved:
                     await asyncio.sleep(0.1)
-            assert frontend.backends.workers == moved
             prediction = await client.predict(np.zeros((1, 28, 28), np.float32))
             assert not prediction.reconstructed
         finally:
@@ -76,5 +79,35 @@ def test_a_worker_slot_follows_its_pod_to_a_new_address(model_dir: Path) -> None
             await frontend.host.stop()
             for worker in workers:
                 await worker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_fixed_slots_follow_their_addresses_and_a_pool_takes_any_size() -> None:
+    """With a parity worker the first k addresses are the slots, in order; without one every address is
+    a pool member and each group gets k + r distinct ones."""
+
+    async def scenario() -> None:
+        fixed_cfg = ServingConfig(
+            service="frontend",
+            k=2,
+            workers=("dns:///w:1",),
+            parity_worker="p:1",
+            encoder="e:1",
+            decoder="d:1",
+        )
+        fixed = GrpcBackends(fixed_cfg)
+        await fixed.update("worker", ["a:1", "b:1", "c:1"])
+        assert fixed.workers == ["a:1", "b:1"] and fixed.parallel_groups(2) == 1
+        assert fixed.place(1, 2) == Placement(("b:1", "a:1"), ("p:1",))
+        await fixed.update("worker", ["a:1", "x:1"])  # b's pod came back elsewhere
+        assert fixed.place(0, 2).data == ("a:1", "x:1")
+        with pytest.raises(Unavailable, match="k=2"):
+            await fixed.update("worker", ["a:1"])
+        pool = GrpcBackends(replace(fixed_cfg, parity_worker=""))
+        await pool.update("worker", [f"w{i}:1" for i in range(7)])
+        placement = pool.place(3, 2)
+        assert len({*placement.data, *placement.parity}) == 3 and pool.parallel_groups(2) == 2
+        await asyncio.gather(fixed.close(), pool.close())
 
     asyncio.run(scenario())

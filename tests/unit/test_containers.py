@@ -54,8 +54,8 @@ def workload(name: str) -> dict[str, Any]:
 
 
 def test_one_container_per_pod_with_the_manifests_image_and_command() -> None:
-    k = int(next(doc for doc in manifests() if doc["kind"] == "ConfigMap")["data"]["CODED_K"])
-    assert set(specs()) == {f"worker-{i}" for i in range(k)} | {"parity-0", "encoder", "decoder", "frontend"}
+    pool_size = workload("worker")["spec"]["replicas"]
+    assert set(specs()) == {f"worker-{i}" for i in range(pool_size)} | {"encoder", "decoder", "frontend"}
     for spec in specs().values():
         (container,) = workload(re.sub(r"-\d+$", "", spec.name))["spec"]["template"]["spec"]["containers"]
         assert spec.argv == (*container["command"], *container.get("args", []))
@@ -83,13 +83,13 @@ def test_env_follows_the_kubelet_and_addresses_point_at_loopback_ports() -> None
     assert frontend.target == f"{LOOPBACK}:8001"
     config = load_config("frontend", [], environ)
     assert config.host == LOOPBACK
-    assert config.workers == tuple(all_specs[f"worker-{i}"].target for i in range(config.k))
-    assert config.parity_worker == all_specs["parity-0"].target
+    pool = sorted((spec for spec in all_specs.values() if spec.component == "worker"), key=lambda s: s.port)
+    assert config.workers == tuple(spec.target for spec in pool) and len(pool) > config.k  # a static pool
+    assert not config.parity_worker
     assert (config.encoder, config.decoder) == (all_specs["encoder"].target, all_specs["decoder"].target)
-    for name in ("parity-0", "worker-0"):
-        worker = load_config("worker", [], {k: v for k, v in all_specs[name].env if k != "CODED_WORKERS"})
-        assert worker.role == ("parity" if name == "parity-0" else "data")  # the StatefulSet's own env
-        assert f"{LOOPBACK}:{worker.port}" == all_specs[name].target
+    worker = load_config("worker", [], {k: v for k, v in all_specs["worker-0"].env if k != "CODED_WORKERS"})
+    assert worker.role == "pool"  # the StatefulSet's own env
+    assert f"{LOOPBACK}:{worker.port}" == all_specs["worker-0"].target
 
 
 def test_kubelet_quantities_and_references() -> None:

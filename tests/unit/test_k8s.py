@@ -133,21 +133,36 @@ def test_services_probes_and_ports_agree() -> None:
         assert any(labels <= w["spec"]["template"]["metadata"]["labels"].items() for w in workloads)
 
 
-def test_k_data_workers_with_stable_names() -> None:
+def test_a_worker_pool_of_at_least_k_plus_r_autoscaled_and_disrupted_r_at_a_time() -> None:
     docs = render(Path("k8s/base"))
-    k = int(config_map(docs)["CODED_K"])
-    workers, parity = named(docs, "StatefulSet", "worker"), named(docs, "StatefulSet", "parity")
-    assert workers["spec"]["replicas"] == k and parity["spec"]["replicas"] == 1
-    for statefulset in (workers, parity):
-        headless = named(docs, "Service", statefulset["spec"]["serviceName"])
-        assert headless["spec"]["clusterIP"] == "None"
+    k, r = int(config_map(docs)["CODED_K"]), 1
+    workers = named(docs, "StatefulSet", "worker")
+    assert not of_kind(docs, "StatefulSet")[1:], "one StatefulSet: the pool"
+    assert workers["spec"]["replicas"] >= k + r
+    headless = named(docs, "Service", workers["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and not headless["spec"]["publishNotReadyAddresses"]
+    scaler = named(docs, "HorizontalPodAutoscaler", "worker")
+    assert scaler["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "name": "worker",
+    }
+    assert (
+        k + r <= scaler["spec"]["minReplicas"] <= workers["spec"]["replicas"] <= scaler["spec"]["maxReplicas"]
+    )
+    frontend_scaler = named(docs, "HorizontalPodAutoscaler", "frontend")
+    assert frontend_scaler["spec"]["scaleTargetRef"]["name"] == "frontend"
+    assert named(docs, "PodDisruptionBudget", "worker")["spec"]["maxUnavailable"] == r
+    for coder in ("encoder", "decoder"):
+        assert named(docs, "Deployment", coder)["spec"]["replicas"] >= 2
+        assert named(docs, "Service", coder)["spec"]["clusterIP"] == "None"
 
 
 def test_gpu_overlay_puts_workers_on_gpus() -> None:
     docs = render(Path("k8s/overlays/gpu"))
     for workload in of_kind(docs, *WORKLOAD_KINDS):
         (container,) = pod_spec(workload)["containers"]
-        on_gpu = workload["metadata"]["name"] in ("worker", "parity")
+        on_gpu = workload["metadata"]["name"] == "worker"
         assert (container["resources"]["limits"].get("nvidia.com/gpu") == "1") == on_gpu
         environ = {env["name"]: env["value"] for env in container.get("env", [])}
         assert (environ.get("CODED_DEVICE") == "cuda") == on_gpu
@@ -172,7 +187,10 @@ def test_chaos_job_may_delete_exactly_the_data_workers() -> None:
     deletable = {
         name for rule in role["rules"] if "delete" in rule["verbs"] for name in rule["resourceNames"]
     }
-    assert deletable == {f"worker-{i}" for i in range(k)}
+    scaler = named(docs, "HorizontalPodAutoscaler", "worker")
+    assert deletable == {f"worker-{i}" for i in range(scaler["spec"]["maxReplicas"])}
+    args = pod_spec(job)["containers"][0]["args"]
+    assert k < int(args[args.index("--pool-size") + 1]) <= scaler["spec"]["minReplicas"]
     chaos = named(docs, "PodChaos", "worker-pod-kill")
     worker_labels = named(docs, "StatefulSet", "worker")["spec"]["template"]["metadata"]["labels"]
     assert chaos["spec"]["selector"]["labelSelectors"].items() <= worker_labels.items()
@@ -197,16 +215,13 @@ def test_env_vars_and_addresses_match_what_the_services_read() -> None:
         config = configs[workload["metadata"]["name"]] = load_config(service, [], environ)
         ports = {port["name"]: port["containerPort"] for port in container["ports"]}
         assert (config.port, config.metrics_port) == (ports["grpc"], ports["metrics"])
-    assert configs["parity"].role == "parity" and configs["worker"].role == "data"
+    assert configs["worker"].role == "pool"
     frontend = configs["frontend"]
     workers = named(docs, "StatefulSet", "worker")
-    assert frontend.workers == tuple(
-        f"worker-{i}.{workers['spec']['serviceName']}:{frontend.port}" for i in range(frontend.k)
-    )
-    parity = named(docs, "StatefulSet", "parity")
-    assert frontend.parity_worker == f"parity-0.{parity['spec']['serviceName']}:{frontend.port}"
+    assert frontend.workers == (f"dns:///{workers['spec']['serviceName']}:{frontend.port}",)
+    assert not frontend.parity_worker, "parity batches go to the pool"
     for target in (frontend.encoder, frontend.decoder):
-        host, port = target.split(":")
+        host, port = target.removeprefix("dns:///").split(":")
         assert int(port) in {p["port"] for p in named(docs, "Service", host)["spec"]["ports"]}
 
 

@@ -82,7 +82,7 @@ def may_connect(
     return False
 
 
-BACKENDS = ("worker", "parity", "encoder", "decoder")
+BACKENDS = ("worker", "encoder", "decoder")
 OUTSIDE = {"kubernetes.io/metadata.name": "default"}
 MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
 

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from coded_invnet.tools.containers.engine import ROOT, ContainerError, Engine
+from services.frontend.discovery import DNS_SCHEME
 
 KUSTOMIZATION = ROOT / "k8s"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
@@ -232,6 +233,19 @@ def container_specs(
                     addresses[f"{dns}:{service_port['port']}"] = (
                         f"{LOOPBACK}:{host_ports[service_port['targetPort']]}"
                     )
+    # A headless Service named as a discovery target (dns:///worker:8001) stands for all its pods: on one
+    # host, the list of their loopback ports (a static pool to the frontend).
+    for service in services:
+        if service["spec"].get("clusterIP") != "None":
+            continue
+        selector = service["spec"].get("selector", {}).items()
+        members = [
+            (w, pod) for w, pod in pods if selector <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        for service_port in service["spec"]["ports"]:
+            index = {"grpc": 0, "metrics": 1}[service_port["targetPort"]]
+            found = [f"{LOOPBACK}:{ports[pod][index]}" for _, pod in members]
+            addresses[f"{DNS_SCHEME}{service['metadata']['name']}:{service_port['port']}"] = ",".join(found)
     address_pattern = re.compile("|".join(re.escape(a) for a in sorted(addresses, key=len, reverse=True)))
 
     specs = []
