@@ -11,7 +11,7 @@ import contextlib
 import functools
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from coded_invnet.coding import decode_missing
+from coded_invnet.coding import decode_set, parity_coefficients
 from coded_invnet.proto import coded_pb2
 from coded_invnet.rpc.lifecycle import ServiceHost
 from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
@@ -95,6 +95,50 @@ def export_random_models(folder: Path, k: int) -> Path:
             dynamic_axes={n: batch for n in inputs + outputs},
             dynamo=False,
         )
+    return folder
+
+
+def export_parity_encoder(path: Path, k: int, r: int) -> Path:
+    """A scratch r-parity encoder of the model contract: "x" (B, k, C, H, W) → "parity" (B, r, C, H, W),
+    parity m = Σ_i A[m, i] x_i in pixel space (exact only for a linear g; the trained one learns more)."""
+    import torch
+    from torch import nn
+
+    class Combine(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.register_buffer("a", torch.tensor(parity_coefficients(k, r), dtype=torch.float32))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.einsum("mk,bkchw->bmchw", self.a, x)  # (B, r, C, H, W)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(
+        Combine().eval(),
+        (torch.zeros(2, k, *IMAGE),),
+        str(path),
+        input_names=["x"],
+        output_names=["parity"],
+        dynamic_axes={"x": {0: "batch"}, "parity": {0: "batch"}},
+        dynamo=False,
+    )
+    return path
+
+
+def parity_model_dir(k: int, r: int, scratch: Path) -> Path:
+    """A model folder for k data and r parity batches: the worker and head of `model_dir_for(k)`, and
+    models/mnist's trained encoder_k{k}_r{r}.onnx where it exists, a scratch one otherwise."""
+    source = model_dir_for(k, scratch / "base")
+    folder = scratch / f"k{k}_r{r}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("worker.onnx", "head.onnx"):
+        if not (folder / name).exists():
+            (folder / name).symlink_to((source / name).resolve())
+    encoder = f"encoder_k{k}_r{r}.onnx"
+    if (TRAINED_DIR / encoder).is_file():
+        (folder / encoder).symlink_to((TRAINED_DIR / encoder).resolve())
+    else:
+        export_parity_encoder(folder / encoder, k, r)
     return folder
 
 
@@ -181,19 +225,24 @@ def true_logits(images: np.ndarray) -> np.ndarray:
 
 @dataclass
 class LinearBackends:
-    """In-process backends with per-worker faults: a delay (s) or a failure."""
+    """In-process backends with per-worker faults: a delay (s) or a failure. With r parities the linear
+    encoder is exact: parity m is Σ_i A[m, i] x_i, so decoding recovers the true logits."""
 
     mode: str
     delays: dict[int, float] = field(default_factory=dict)
     dead: set[int] = field(default_factory=set)
     parity_down: bool = False
     decoder_down: bool = False
+    parities: int = 1
+    dead_parities: set[int] = field(default_factory=set)
     calls: list[tuple[str, int]] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
 
     def place(self, group_id: int, k: int) -> Placement:
-        """The fixed layout of k workers named "0" ... "k-1" (a parity worker apart)."""
-        return place_in_slots([str(j) for j in range(k)], ["parity"], group_id)
+        """The fixed layout of k workers named "0" ... "k-1" (parity workers apart)."""
+        return place_in_slots(
+            [str(j) for j in range(k)], [f"parity{m}" for m in range(self.parities)], group_id
+        )
 
     def parallel_groups(self, k: int) -> int:
         return 1
@@ -215,26 +264,43 @@ class LinearBackends:
         self.calls.append(("encode", -1))
         if self.parity_down:
             raise ConnectionError("encoder down")
-        return batches.mean(axis=1)
+        coefficients = parity_coefficients(batches.shape[1], self.parities).astype(np.float32)  # (r, k)
+        return np.einsum("mk,bk...->bm...", coefficients, batches)  # (b, r, C, H, W)
 
-    async def infer_parity(self, worker: str, group_id: int, parity_images: np.ndarray) -> np.ndarray:
+    async def infer_parity(
+        self, worker: str, group_id: int, row: int, parity_images: np.ndarray
+    ) -> np.ndarray:
+        self.calls.append(("parity", row))
+        if row in self.dead_parities:
+            raise ConnectionError(f"parity worker {row} is dead")
         z = parity_images.reshape(len(parity_images), -1) @ G
         return z if self.mode == "coded-invnet" else z @ H
 
     async def decode(
-        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+        self,
+        group_id: int,
+        missing: Sequence[int],
+        parity_rows: Sequence[int],
+        parities: np.ndarray,
+        members: np.ndarray,
     ) -> np.ndarray:
-        self.calls.append(("decode", missing))
+        self.calls.extend(("decode", j) for j in missing)
         if self.decoder_down:
             raise ConnectionError("decoder down")
-        out = decode_missing(parity, available, len(available) + 1)
+        coefficients = parity_coefficients(len(members), self.parities)
+        out = decode_set(coefficients, parity_rows, parities, members, missing)  # (s, b, D)
         return out @ H if self.mode == "coded-invnet" else out
 
 
 async def run_queries(
     backends: LinearBackends, n: int, **cfg: object
 ) -> tuple[np.ndarray, list, list[GroupReport]]:
-    config = ServingConfig(service="frontend", mode=backends.mode, **cfg)  # type: ignore[arg-type]
+    config = ServingConfig(
+        service="frontend",
+        mode=backends.mode,
+        parities=backends.parities,
+        **cfg,  # type: ignore[arg-type]
+    )
     reports: list[GroupReport] = []
     batcher = Batcher(config, backends, on_group=reports.append)
     batcher.start()

@@ -90,7 +90,7 @@ class Batch(_message.Message):
     group_id: _builtins.int
     """coding group, chosen by the caller"""
     index: _builtins.int
-    """position in the group: 0..k-1 data, k parity; for the decoder the missing one"""
+    """position in the group: 0..k-1 data, k+m parity m; for the decoder the first missing one"""
     cancel: _builtins.bool
     """Stream only: cancel the in-flight batch with this (group_id, index); it is answered CANCELLED."""
     parity: _builtins.bool

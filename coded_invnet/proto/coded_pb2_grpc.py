@@ -276,8 +276,9 @@ class Worker:
 
 
 class EncoderStub:
-    """Runs encoder_k{k}.onnx or parm_encoder_k{k}.onnx. Batch: "x" [B, k, C, H, W].
-    Result: "parity" [B, C, H, W], sent back to the caller (who forwards it to the parity worker).
+    """Runs encoder_k{k}.onnx (r = 1), encoder_k{k}_r{r}.onnx (r > 1) or parm_encoder_k{k}.onnx.
+    Batch: "x" [B, k, C, H, W]. Result: "parity" [B, C, H, W] (r = 1) or [B, r, C, H, W], sent back to
+    the caller (who forwards parity m to parity worker m).
     """
 
     def __init__(self, channel):
@@ -304,8 +305,9 @@ class EncoderStub:
 
 
 class EncoderServicer:
-    """Runs encoder_k{k}.onnx or parm_encoder_k{k}.onnx. Batch: "x" [B, k, C, H, W].
-    Result: "parity" [B, C, H, W], sent back to the caller (who forwards it to the parity worker).
+    """Runs encoder_k{k}.onnx (r = 1), encoder_k{k}_r{r}.onnx (r > 1) or parm_encoder_k{k}.onnx.
+    Batch: "x" [B, k, C, H, W]. Result: "parity" [B, C, H, W] (r = 1) or [B, r, C, H, W], sent back to
+    the caller (who forwards parity m to parity worker m).
     """
 
     def Encode(self, request, context):
@@ -353,8 +355,9 @@ def add_EncoderServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Encoder:
-    """Runs encoder_k{k}.onnx or parm_encoder_k{k}.onnx. Batch: "x" [B, k, C, H, W].
-    Result: "parity" [B, C, H, W], sent back to the caller (who forwards it to the parity worker).
+    """Runs encoder_k{k}.onnx (r = 1), encoder_k{k}_r{r}.onnx (r > 1) or parm_encoder_k{k}.onnx.
+    Batch: "x" [B, k, C, H, W]. Result: "parity" [B, C, H, W] (r = 1) or [B, r, C, H, W], sent back to
+    the caller (who forwards parity m to parity worker m).
     """
 
     @staticmethod
@@ -440,9 +443,11 @@ class Encoder:
 
 
 class DecoderStub:
-    """Reconstructs the missing member `index` of a coding group.
-    Batch: "parity" [B, D] (coded-invnet: z_p; parm: parity logits) and "available" [k-1, B, D]
-    (the other members' z or logits). Result: "logits" [B, 10] (and "z" [B, D] for coded-invnet).
+    """Reconstructs the s <= r missing members of a coding group from s of its parities.
+    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
+    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
+    coded-invnet), in the order of "missing".
     """
 
     def __init__(self, channel):
@@ -469,9 +474,11 @@ class DecoderStub:
 
 
 class DecoderServicer:
-    """Reconstructs the missing member `index` of a coding group.
-    Batch: "parity" [B, D] (coded-invnet: z_p; parm: parity logits) and "available" [k-1, B, D]
-    (the other members' z or logits). Result: "logits" [B, 10] (and "z" [B, D] for coded-invnet).
+    """Reconstructs the s <= r missing members of a coding group from s of its parities.
+    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
+    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
+    coded-invnet), in the order of "missing".
     """
 
     def Decode(self, request, context):
@@ -519,9 +526,11 @@ def add_DecoderServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Decoder:
-    """Reconstructs the missing member `index` of a coding group.
-    Batch: "parity" [B, D] (coded-invnet: z_p; parm: parity logits) and "available" [k-1, B, D]
-    (the other members' z or logits). Result: "logits" [B, 10] (and "z" [B, D] for coded-invnet).
+    """Reconstructs the s <= r missing members of a coding group from s of its parities.
+    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
+    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
+    coded-invnet), in the order of "missing".
     """
 
     @staticmethod

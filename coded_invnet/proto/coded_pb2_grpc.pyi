@@ -103,8 +103,9 @@ class WorkerServicer(metaclass=_abc_1.ABCMeta):
 def add_WorkerServicer_to_server(servicer: WorkerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class EncoderStub:
-    """Runs encoder_k{k}.onnx or parm_encoder_k{k}.onnx. Batch: "x" [B, k, C, H, W].
-    Result: "parity" [B, C, H, W], sent back to the caller (who forwards it to the parity worker).
+    """Runs encoder_k{k}.onnx (r = 1), encoder_k{k}_r{r}.onnx (r > 1) or parm_encoder_k{k}.onnx.
+    Batch: "x" [B, k, C, H, W]. Result: "parity" [B, C, H, W] (r = 1) or [B, r, C, H, W], sent back to
+    the caller (who forwards parity m to parity worker m).
     """
 
     @_typing.overload
@@ -117,8 +118,9 @@ class EncoderStub:
 
 @_typing.type_check_only
 class EncoderAsyncStub(EncoderStub):
-    """Runs encoder_k{k}.onnx or parm_encoder_k{k}.onnx. Batch: "x" [B, k, C, H, W].
-    Result: "parity" [B, C, H, W], sent back to the caller (who forwards it to the parity worker).
+    """Runs encoder_k{k}.onnx (r = 1), encoder_k{k}_r{r}.onnx (r > 1) or parm_encoder_k{k}.onnx.
+    Batch: "x" [B, k, C, H, W]. Result: "parity" [B, C, H, W] (r = 1) or [B, r, C, H, W], sent back to
+    the caller (who forwards parity m to parity worker m).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -127,8 +129,9 @@ class EncoderAsyncStub(EncoderStub):
     Describe: _aio.UnaryUnaryMultiCallable[_coded_pb2.DescribeRequest, _coded_pb2.ModelDescription]  # type: ignore[assignment]
 
 class EncoderServicer(metaclass=_abc_1.ABCMeta):
-    """Runs encoder_k{k}.onnx or parm_encoder_k{k}.onnx. Batch: "x" [B, k, C, H, W].
-    Result: "parity" [B, C, H, W], sent back to the caller (who forwards it to the parity worker).
+    """Runs encoder_k{k}.onnx (r = 1), encoder_k{k}_r{r}.onnx (r > 1) or parm_encoder_k{k}.onnx.
+    Batch: "x" [B, k, C, H, W]. Result: "parity" [B, C, H, W] (r = 1) or [B, r, C, H, W], sent back to
+    the caller (who forwards parity m to parity worker m).
     """
 
     @_abc_1.abstractmethod
@@ -155,9 +158,11 @@ class EncoderServicer(metaclass=_abc_1.ABCMeta):
 def add_EncoderServicer_to_server(servicer: EncoderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DecoderStub:
-    """Reconstructs the missing member `index` of a coding group.
-    Batch: "parity" [B, D] (coded-invnet: z_p; parm: parity logits) and "available" [k-1, B, D]
-    (the other members' z or logits). Result: "logits" [B, 10] (and "z" [B, D] for coded-invnet).
+    """Reconstructs the s <= r missing members of a coding group from s of its parities.
+    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
+    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
+    coded-invnet), in the order of "missing".
     """
 
     @_typing.overload
@@ -170,9 +175,11 @@ class DecoderStub:
 
 @_typing.type_check_only
 class DecoderAsyncStub(DecoderStub):
-    """Reconstructs the missing member `index` of a coding group.
-    Batch: "parity" [B, D] (coded-invnet: z_p; parm: parity logits) and "available" [k-1, B, D]
-    (the other members' z or logits). Result: "logits" [B, 10] (and "z" [B, D] for coded-invnet).
+    """Reconstructs the s <= r missing members of a coding group from s of its parities.
+    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
+    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
+    coded-invnet), in the order of "missing".
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -181,9 +188,11 @@ class DecoderAsyncStub(DecoderStub):
     Describe: _aio.UnaryUnaryMultiCallable[_coded_pb2.DescribeRequest, _coded_pb2.ModelDescription]  # type: ignore[assignment]
 
 class DecoderServicer(metaclass=_abc_1.ABCMeta):
-    """Reconstructs the missing member `index` of a coding group.
-    Batch: "parity" [B, D] (coded-invnet: z_p; parm: parity logits) and "available" [k-1, B, D]
-    (the other members' z or logits). Result: "logits" [B, 10] (and "z" [B, D] for coded-invnet).
+    """Reconstructs the s <= r missing members of a coding group from s of its parities.
+    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
+    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
+    coded-invnet), in the order of "missing".
     """
 
     @_abc_1.abstractmethod

@@ -15,12 +15,13 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from coded_invnet.coding import CODING_MODES
+from coded_invnet.coding import CODING_MODES, MAX_PARITIES, CodingError, parity_coefficients
 from coded_invnet.serving.errors import ConfigError
 
 SERVICES = ("worker", "encoder", "decoder", "frontend")
 DECODABLE_MODES = ("parm", "coded-invnet")  # the modes with a parity path (encoder, parity worker, decoder)
-PARITIES = 1  # parity batches per coding group in the coded modes (r)
+MULTI_PARITY_MODES = ("coded-invnet",)  # the modes whose groups may carry r > 1 parities
+CODER_SERVICES = ("encoder", "decoder", "frontend")  # the services that know the code (k, r)
 MODEL_SERVICES = ("worker", "encoder", "decoder")
 WORKER = ("worker",)
 FRONTEND = ("frontend",)
@@ -51,6 +52,7 @@ class ServingConfig:
     max_message_bytes: int = 0  # 0: the service's default (see `message_limit`)
     mode: str = "coded-invnet"
     k: int = 10
+    parities: int = 1  # r: parity batches per coding group in the coded modes (encoder, decoder, frontend)
     # TLS (every service; unset: plaintext). PEM files.
     tls_cert: Path | None = None  # this server's certificate chain; with tls_key, the port serves TLS only
     tls_key: Path | None = None
@@ -114,12 +116,18 @@ class ServingConfig:
 
     def __post_init__(self) -> None:
         check_tls(self)
+        check_parities(self)
+
+    @property
+    def group_parities(self) -> int:
+        """The parity workers a group is placed on: r in the coded modes, none otherwise."""
+        return self.parities if self.mode in DECODABLE_MODES else 0
 
     def model_path(self) -> Path:
         """The ONNX file this service runs (see docs/CONTRACTS.md)."""
         if self.model_file is not None:
             return self.model_file
-        return self.model_dir / default_model_file(self.service, self.mode, self.role, self.k)
+        return self.model_dir / default_model_file(self.service, self.mode, self.role, self.k, self.parities)
 
 
 def check_tls(cfg: ServingConfig) -> None:
@@ -137,16 +145,34 @@ def check_tls(cfg: ServingConfig) -> None:
         raise ConfigError("CODED_TLS_CLIENT_CERT needs CODED_TLS_CA to verify the servers it is presented to")
 
 
+def check_parities(cfg: ServingConfig) -> None:
+    """r > 1 parities only where the code has them: coded-invnet (ParM is a one-parity code), and a
+    (k, r) with coefficients (`coding.parity_coefficients`)."""
+    if cfg.parities == 1:
+        return
+    if cfg.mode not in MULTI_PARITY_MODES:
+        raise ConfigError(
+            f"CODED_PARITIES={cfg.parities}: r > 1 parities need CODED_MODE in {MULTI_PARITY_MODES}, "
+            f"not {cfg.mode!r} (ParM has one parity)"
+        )
+    try:
+        parity_coefficients(cfg.k, cfg.parities)
+    except CodingError as error:
+        raise ConfigError(f"CODED_PARITIES={cfg.parities} with CODED_K={cfg.k}: {error}") from None
+
+
 def require_decodable_mode(cfg: ServingConfig) -> None:
     if cfg.mode not in DECODABLE_MODES:
         raise ConfigError(f"CODED_MODE={cfg.mode!r}: the {cfg.service} needs one of {DECODABLE_MODES}")
 
 
-def default_model_file(service: str, mode: str, role: str, k: int) -> str:
+def default_model_file(service: str, mode: str, role: str, k: int, parities: int = 1) -> str:
     if service == "worker":
         return f"parm_k{k}.onnx" if (mode, role) == ("parm", "parity") else "worker.onnx"  # pool: data
     if service == "encoder":
-        return f"parm_encoder_k{k}.onnx" if mode == "parm" else f"encoder_k{k}.onnx"
+        if mode == "parm":
+            return f"parm_encoder_k{k}.onnx"
+        return f"encoder_k{k}.onnx" if parities == 1 else f"encoder_k{k}_r{parities}.onnx"
     if service == "decoder":
         return "head.onnx"
     raise ConfigError(f"service {service!r} runs no model")
@@ -219,6 +245,14 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("mode", str, "coding mode", choices=CODING_MODES),
     Setting("k", int, "data batches per coding group", check=lambda k: k >= 2, requirement=">= 2"),
+    Setting(
+        "parities",
+        int,
+        "parity batches per coding group (r; r > 1: coded-invnet only, the pool holds >= k + r workers)",
+        CODER_SERVICES,
+        check=lambda r: 1 <= r <= MAX_PARITIES,
+        requirement=f"in 1..{MAX_PARITIES}",
+    ),
     _pem_file("tls_cert", "server certificate chain (PEM); with --tls-key the port serves TLS only"),
     _pem_file("tls_key", "server private key (PEM)"),
     _pem_file("tls_ca", "CA bundle (PEM) that verifies the servers this process calls, and its clients"),

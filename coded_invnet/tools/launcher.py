@@ -64,7 +64,7 @@ from pathlib import Path
 
 from coded_invnet.coding import CODING_MODES
 from coded_invnet.rpc.channels import TlsOptions
-from coded_invnet.serving.config import DECODABLE_MODES, PARITIES, ServingConfig
+from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.tools.certificates import Certificates, make_certificates
 from coded_invnet.tools.processes import (
     HOST,
@@ -131,10 +131,12 @@ def launch(
     pool_size: int | None = None,
     frontends: int = 1,
     coders: int = 1,
+    parities: int = 1,
 ) -> Iterator[System]:
     """Start the system, yield it once every service is SERVING, stop everything on exit.
     `pool_size`: N pool workers (targets file, run-time changes) instead of the fixed layout;
     `frontends`: independent frontends on the same backends; `coders`: encoders and decoders each.
+    `parities`: r parity batches per group (r > 1: coded-invnet in a pool, `pool_size` k + r unless given).
     `fault_api`: the workers answer SetFaults/GetFaults (for benchmarks and tests that inject faults).
     `tls`: every port serves TLS with throwaway certificates (deleted on exit); the backends accept only
     the frontend's client certificate; clients of the frontend use `system.client_tls`.
@@ -153,6 +155,10 @@ def launch(
             )
         backend_tls, frontend_tls, probe_tls = _tls_settings(certificates)
         common: dict[str, object] = {"mode": mode, "k": k, **(settings or {})}
+        coded = mode in DECODABLE_MODES
+        if parities > 1 and pool_size is None:
+            pool_size = k + parities  # one parity worker is all the fixed layout has
+        code = {"parities": parities} if coded else {}  # the encoder, decoder and frontend know r
         # one onnxruntime thread per model process: many processes share few cores
         model_common = {"model_dir": str(model_dir), "ort_threads": 1, **backend_tls, **common}
         started: list[ServiceProcess] = []
@@ -167,9 +173,9 @@ def launch(
             return started[-1]
 
         worker_extra = {**model_common, "fault_api": "on" if fault_api else "off", **(worker_settings or {})}
-        coded = mode in DECODABLE_MODES
-        if pool_size is not None and pool_size < k + PARITIES * coded:
-            raise LaunchError(f"pool_size {pool_size}: a group needs k + r = {k + PARITIES * coded} workers")
+        r = parities * coded
+        if pool_size is not None and pool_size < k + r:
+            raise LaunchError(f"pool_size {pool_size}: a group needs k + r = {k + r} workers")
         pool = {**worker_extra, "role": "pool"}
 
         def start_worker(name: str) -> ServiceProcess:
@@ -188,8 +194,10 @@ def launch(
                 parity = start("parity-worker", "worker", {**worker_extra, "role": "parity"}, parity_niceness)
             for i in range(coders):
                 suffix = f"-{i}" if i else ""
-                encoders.append(start("encoder" + suffix, "encoder", model_common, parity_niceness))
-                decoders.append(start("decoder" + suffix, "decoder", model_common))
+                encoders.append(
+                    start("encoder" + suffix, "encoder", {**model_common, **code}, parity_niceness)
+                )
+                decoders.append(start("decoder" + suffix, "decoder", {**model_common, **code}))
             encoder, decoder = encoders[0], decoders[0]
         backends: dict[str, object] = {
             "workers": _targets(logs / "workers.txt", workers, pool_size is not None),
@@ -203,7 +211,7 @@ def launch(
         # Backends first: the frontend's warm-up asks a worker to describe its model, which a worker
         # still loading answers with an empty description.
         wait_serving(started, ready_timeout_s)
-        front = {**frontend_tls, **common, **backends, **(frontend_settings or {})}
+        front = {**frontend_tls, **common, **code, **backends, **(frontend_settings or {})}
         every_frontend = [
             start("frontend" + (f"-{i}" if i else ""), "frontend", front) for i in range(frontends)
         ]
@@ -271,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--frontends", type=int, default=1, help="independent frontends sharing the backends")
     parser.add_argument("--coders", type=int, default=1, help="encoders and decoders (coded modes), each")
+    parser.add_argument(
+        "--parities", type=int, default=1, help="r parity batches per group (r > 1: coded-invnet, a pool)"
+    )
     args = parser.parse_args(argv)
     # run the clean-up of `launch` on SIGTERM, and on Ctrl-C even where SIGINT came in ignored
     # (background jobs of a non-interactive shell); a second Ctrl-C must not cut the clean-up short
@@ -288,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             pool_size=args.pool_size,
             frontends=args.frontends,
             coders=args.coders,
+            parities=args.parities,
         ) as system:
             for name, service in system.services.items():
                 print(

@@ -34,10 +34,12 @@ import numpy as np
 
 from coded_invnet.client import AsyncClient
 from coded_invnet.data import load_dataset
-from coded_invnet.serving.config import PARITIES
+from coded_invnet.serving.config import ServingConfig
 from coded_invnet.tools.launcher import launch
 from coded_invnet.tools.openloop import percentile_ms, poisson_schedule, run_open_loop, summarize
 from coded_invnet.tools.system import System
+
+R = ServingConfig().parities  # the runs use the default code: one parity
 
 BATCHES_METRIC = 'coded_backend_batches_total{address="'
 
@@ -114,7 +116,7 @@ def churn(system: System, duration_s: float, seed: int, events: list[dict[str, A
 
 async def pool_run(args: argparse.Namespace) -> dict[str, Any]:
     test = load_dataset(args.dataset).test
-    pool_size = 2 * (args.k + PARITIES)
+    pool_size = 2 * (args.k + R)
     events: list[dict[str, Any]] = []
     with launch(
         args.model_dir, args.mode, args.k, pool_size=pool_size, frontends=2, coders=2, log_dir=args.log_dir
@@ -148,7 +150,7 @@ async def pool_run(args: argparse.Namespace) -> dict[str, Any]:
         report["failed_at_s"] = [round(o.scheduled_s, 2) for o in answers if o.code != "OK"][:20]
     return {
         "k": args.k,
-        "r": PARITIES,
+        "r": R,
         "mode": args.mode,
         "pool_size": pool_size,
         "events": events,
@@ -200,7 +202,7 @@ async def closed_loop(
 
 async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
     images = load_dataset(args.dataset).test.images
-    group = args.k + PARITIES
+    group = args.k + R
     records = []
     for pool_size in (group, 2 * group, 3 * group):
         workers = {"fault_delay": "fixed", "fault_delay_ms": args.delay_ms, "max_inflight": 1}
@@ -221,7 +223,7 @@ async def scale_run(args: argparse.Namespace) -> dict[str, Any]:
         print(json.dumps(records[-1]), flush=True)
     return {
         "k": args.k,
-        "r": PARITIES,
+        "r": R,
         "mode": args.mode,
         "delay_ms": args.delay_ms,
         "max_batch": args.max_batch,

@@ -1,5 +1,6 @@
-"""Decoder server: `python -m services.decoder.server [--flags]`. coded-invnet: ẑ_j = k·z_p − Σ_{i≠j} z_i,
-then head.onnx; parm: the same subtraction in logit space (no model)."""
+"""Decoder server: `python -m services.decoder.server [--flags]`. coded-invnet: the missing members'
+latents ẑ_S = A[P, S]⁻¹ (z_P − Σ_{i∉S} A[P, i] z_i) (one parity: ẑ_j = k·z_p − Σ_{i≠j} z_i), then
+head.onnx; parm: the same solve in logit space (no model)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ async def start(cfg: ServingConfig) -> ServiceHost:
     require_decodable_mode(cfg)
     head = open_model(cfg) if cfg.mode == "coded-invnet" else None
     metrics = ServingMetrics(head.name if head else "parm-decoder")
-    runtime = DecoderRuntime(cfg.mode, cfg.k, head, metrics)
+    runtime = DecoderRuntime(cfg.mode, cfg.k, cfg.parities, head, metrics)
     host = ServiceHost(cfg, [SERVICE_NAME], metrics)
     servicer = DecoderServicer(BatchProcessor.for_config(runtime.decode, metrics, cfg), head, cfg, "decoder")
     coded_pb2_grpc.add_DecoderServicer_to_server(servicer, host.server)

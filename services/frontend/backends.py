@@ -21,7 +21,7 @@ from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.rpc.batch_stream import BatchStream
 from coded_invnet.rpc.channels import client_tls, create_channel
 from coded_invnet.rpc.proto_tensors import arrays_from_proto, arrays_to_proto
-from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, PARITIES, ServingConfig
+from coded_invnet.serving.config import BACKEND_MAX_MESSAGE_BYTES, DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import ConfigError, Unavailable
 from coded_invnet.serving.metrics import ServingMetrics
 from services.frontend.calls import WorkerOutput
@@ -44,6 +44,18 @@ def check_targets(cfg: ServingConfig) -> None:
             f"mode {cfg.mode} needs CODED_ENCODER and CODED_DECODER (CODED_PARITY_WORKER too for the fixed "
             "layout; without it parity batches go to the pool); without them use mode none or replication"
         )
+    if cfg.parity_worker and cfg.group_parities > 1:
+        raise ConfigError(
+            f"CODED_PARITY_WORKER names one parity worker; CODED_PARITIES={cfg.parities} needs the pool "
+            "(leave CODED_PARITY_WORKER empty)"
+        )
+    listed = [w for w in cfg.workers if "://" not in w]  # addresses, not a discovery source
+    group = cfg.k + cfg.group_parities
+    if cfg.group_parities > 1 and listed and len(listed) < group:
+        raise ConfigError(
+            f"CODED_WORKERS lists {len(listed)} workers; a group of k={cfg.k} data and "
+            f"CODED_PARITIES={cfg.parities} parity batches needs {group} distinct ones"
+        )
 
 
 def targets(cfg: ServingConfig) -> dict[str, tuple[str, ...]]:
@@ -61,7 +73,7 @@ class GrpcBackends:
     def __init__(self, cfg: ServingConfig, metrics: ServingMetrics | None = None) -> None:
         self._cfg, self._metrics = cfg, metrics
         self.fixed = bool(cfg.parity_worker) and cfg.mode in DECODABLE_MODES  # k slots + a parity worker
-        self._r = PARITIES if cfg.mode in DECODABLE_MODES else 0
+        self._r = cfg.group_parities
         suspect_s = cfg.discovery_interval_s
         self.pools = {kind: Pool(suspect_s=suspect_s) for kind in STUBS}
         self._slots: list[str] = []  # the fixed layout's k data workers, in slot order
@@ -215,15 +227,37 @@ class GrpcBackends:
     async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
         k = batches.shape[1]
         out = await self._call("encoder", self._least_loaded("encoder"), group_id, k, x=batches)
-        return out["parity"]
+        parity = out["parity"]  # (b, C, H, W) from a one-parity encoder, (b, r, C, H, W) otherwise
+        if parity.ndim == batches.ndim - 1:
+            parity = parity[:, None]
+        if parity.shape[:2] != (batches.shape[0], self._r):
+            raise Unavailable(f"encoder answered parity {list(parity.shape)}; {self._r} parities expected")
+        return parity
 
-    async def infer_parity(self, worker: str, group_id: int, parity_images: np.ndarray) -> np.ndarray:
-        out = await self._call("worker", worker, group_id, self._cfg.k, parity_batch=True, x=parity_images)
+    async def infer_parity(
+        self, worker: str, group_id: int, row: int, parity_images: np.ndarray
+    ) -> np.ndarray:
+        out = await self._call(
+            "worker", worker, group_id, self._cfg.k + row, parity_batch=True, x=parity_images
+        )
         return out["z"] if self._cfg.mode == "coded-invnet" else out["logits"]
 
     async def decode(
-        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+        self,
+        group_id: int,
+        missing: Sequence[int],
+        parity_rows: Sequence[int],
+        parities: np.ndarray,
+        members: np.ndarray,
     ) -> np.ndarray:
-        decoder = self._least_loaded("decoder")
-        out = await self._call("decoder", decoder, group_id, missing, parity=parity, available=available)
+        out = await self._call(
+            "decoder",
+            self._least_loaded("decoder"),
+            group_id,
+            missing[0],
+            parities=parities,
+            members=members,
+            missing=np.asarray(missing, dtype=np.int64),
+            parity_rows=np.asarray(parity_rows, dtype=np.int64),
+        )
         return out["logits"]

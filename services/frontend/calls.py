@@ -3,6 +3,7 @@ process in the tests)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,15 +32,23 @@ class Backends(Protocol):
     async def infer(self, worker: str, group_id: int, index: int, images: np.ndarray) -> WorkerOutput: ...
 
     async def encode(self, group_id: int, batches: np.ndarray) -> np.ndarray:
-        """(b, k, C, H, W) data batches → (b, C, H, W) parity images."""
+        """(b, k, C, H, W) data batches → (b, r, C, H, W) parity images."""
         ...
 
-    async def infer_parity(self, worker: str, group_id: int, parity_images: np.ndarray) -> np.ndarray:
-        """Parity images → what decoding needs: z_p (coded-invnet) or parity logits (parm)."""
+    async def infer_parity(
+        self, worker: str, group_id: int, row: int, parity_images: np.ndarray
+    ) -> np.ndarray:
+        """Parity batch `row` (b, C, H, W) → what decoding needs: z_p (coded-invnet) or parm logits."""
         ...
 
     async def decode(
-        self, group_id: int, missing: int, parity: np.ndarray, available: np.ndarray
+        self,
+        group_id: int,
+        missing: Sequence[int],
+        parity_rows: Sequence[int],
+        parities: np.ndarray,
+        members: np.ndarray,
     ) -> np.ndarray:
-        """Parity output (b, D) and the other members (k-1, b, D) → logits (b, classes) of ``missing``."""
+        """The s parities of `parity_rows` (s, b, D) and every member (k, b, D; the rows of `missing`
+        any values) → logits (s, b, classes) of the s members `missing`, in that order."""
         ...

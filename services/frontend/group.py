@@ -4,16 +4,19 @@ A group holds k data batches of b ≤ B queries each. Queries are dealt round-ro
 batch q mod k, row q div k), so a partial group has batches of equal size b = ceil(n / k); the empty slots
 are padded with zero images. Padding rows are computed like real ones because decoding row i of one batch
 needs row i of every other batch; a batch of padding only is not sent at all when the output of a zero
-image is known (`Batcher.learn_padding`). Parity row i encodes row i of each of the k batches.
+image is known (`Batcher.learn_padding`). Row i of each of the r parity batches encodes row i of each
+of the k batches.
 
-The k data batches go out at once; the parity path (encoder, then parity worker) starts after the hedge
-delay (`ParityDelay`), or at once when a batch fails. A query is answered as soon as its own batch is
-in, or as soon as the parity and the other k-1 batches are in (any k of the k+1 results decode the last
-one; `decode_wait_ms` can give the last one a little longer); the straggling call is then cancelled.
+The k data batches go out at once; the parity path (one encoder call for the r parity batches, then
+parity batch m to parity worker m) starts after the hedge delay (`ParityDelay`), or at once when a batch
+fails. A query is answered as soon as its own batch is in, or as soon as any k of the k + r results are
+in: the s ≤ r missing data batches are decoded in one decoder call from s parities (`decode_wait_ms`
+can give the last ones a little longer); the straggling calls are then cancelled.
 
 Recovery, so that nothing is lost and no group waits for a backend's 10 s deadline:
-- a failed batch is decoded when the parity lets it be, and re-sent to the next worker when it cannot
-  be decoded, or when the decode has not come by the straggler deadline (the parity path may be stuck);
+- failed batches are decoded when enough parities let them be, and re-sent to the next worker when they
+  cannot be decoded, or when the decode has not come by the straggler deadline (the parity path may be
+  stuck);
 - a batch that every worker failed is tried again, round after round with a growing back-off, while
   its queries are wanted (their clients have not withdrawn them) and within the backend deadline;
 - a batch still computing at the straggler deadline is re-sent once (hedged) when it alone is late and
@@ -61,6 +64,7 @@ class GroupReport:
     failed_batches: int = 0
     decode_seconds: float = 0.0
     parity_started: bool = False  # the parity path ran (or was running) for this group
+    decoded_sets: int = 0  # decoder calls that answered (each decodes up to r batches)
     clean_seconds: float | None = None  # dispatch → all answered, for groups answered by data workers only
 
 
@@ -118,17 +122,20 @@ class CodingGroup:
                 batch.output = np.repeat(padding_output, rows, axis=0)
         self._padding_known = padding_output is not None
         self._coded = cfg.mode in DECODABLE_MODES
-        self._parity_usable = self._coded  # False once the parity path or the decoder failed
-        self._parity: np.ndarray | None = None
-        self._parity_call: asyncio.Task[np.ndarray] | None = None
+        self._r = cfg.group_parities
+        self._parity_usable = self._coded  # False once the encoder, every parity path or the decoder failed
+        self._parities: dict[int, np.ndarray] = {}  # parity row m → its output (z_p^(m) or parity logits)
+        self._parity_failed: set[int] = set()
+        self._encode_call: asyncio.Task[np.ndarray] | None = None
+        self._parity_calls: dict[asyncio.Task[np.ndarray], int] = {}  # call → parity row
         # the parity path starts then, or at once on a failure or past the straggler deadline; no task
         # waits for that moment: the loop wakes for it, so a group answered before it costs nothing more
         self._parity_at = self._dispatched + parity_delay_s
         self._worker_calls: dict[asyncio.Task[WorkerOutput], int] = {}  # call → batch index
         self._decode_call: asyncio.Task[np.ndarray] | None = None
-        self._decoding = -1  # batch index of the running decode (valid while _decode_call is set)
+        self._decoding: list[int] = []  # the batches the running decode reconstructs
         self._decode_started = 0.0
-        self._decodable_since: float | None = None  # when k of the k+1 results were first in
+        self._decodable_since: float | None = None  # when k of the k + r results were first in
         self._straggler_at = self._dispatched + recovery.straggler_timeout_s
         self._hedge_all_at = self._dispatched + LATE_HEDGE_FACTOR * recovery.straggler_timeout_s
         self.report = GroupReport(len(queries), rows)
@@ -169,15 +176,15 @@ class CodingGroup:
         await asyncio.gather(*calls, return_exceptions=True)
 
     def _calls(self) -> set[asyncio.Task[Any]]:
-        calls: set[asyncio.Task[Any]] = set(self._worker_calls)
-        calls.update(t for t in (self._parity_call, self._decode_call) if t is not None and not t.done())
+        calls: set[asyncio.Task[Any]] = set(self._worker_calls) | set(self._parity_calls)
+        calls.update(t for t in (self._encode_call, self._decode_call) if t is not None and not t.done())
         return calls
 
     def _next_wake_at(self) -> float | None:
         """The next deadline that may change what recovery does."""
         retries = (b.retry_at for b in self._batches if b.retry_at is not None and not b.answered)
         times = [t for t in (self._straggler_at, self._hedge_all_at, *retries) if t > self._clock()]
-        if self._coded and self._parity_call is None and self._parity_at > self._clock():
+        if self._coded and self._encode_call is None and self._parity_at > self._clock():
             times.append(self._parity_at)
         if self._decodable_since is not None and self._decode_call is None:
             times.append(self._decodable_since + self._recovery.decode_wait_s)
@@ -200,45 +207,68 @@ class CodingGroup:
         batch.calls.add(task)
 
     def _start_parity_path(self) -> None:
-        """Start the parity path (once; coded modes only)."""
-        if self._coded and self._parity_call is None:
+        """Start the parity path (once; coded modes only): the encoder first, the parity workers when
+        its r parity batches are in (`_settle`)."""
+        if self._coded and self._encode_call is None:
             self.report.parity_started = True
-            self._parity_call = self._spawn(self._parity_path())
+            groups = np.ascontiguousarray(self._images.swapaxes(0, 1))  # (b, k, C, H, W)
+            self._encode_call = self._spawn(self._backends.encode(self._id, groups))
 
-    async def _parity_path(self) -> np.ndarray:
-        parity_images = await self._backends.encode(
-            self._id, np.ascontiguousarray(self._images.swapaxes(0, 1))
-        )
-        return await self._backends.infer_parity(self._placement.parity[0], self._id, parity_images)
+    def _infer_parities(self, parity_images: np.ndarray) -> None:
+        """parity_images (b, r, C, H, W): parity batch m to parity worker m."""
+        for m in range(self._r):
+            images = np.ascontiguousarray(parity_images[:, m])  # (b, C, H, W)
+            worker = self._placement.parity[m % len(self._placement.parity)]
+            task = self._spawn(self._backends.infer_parity(worker, self._id, m, images))
+            self._parity_calls[task] = m
 
-    def _decode(self, j: int) -> None:
-        assert self._parity is not None
-        available = np.stack([self._output(i) for i in range(self._k) if i != j])  # (k-1, b, D)
-        self._decoding, self._decode_started = j, self._clock()
-        self._decode_call = self._spawn(self._backends.decode(self._id, j, self._parity, available))
+    def _decode(self, missing: list[int]) -> None:
+        rows = sorted(self._parities)[: len(missing)]
+        parities = np.stack([self._parities[m] for m in rows])  # (s, b, D)
+        members = np.stack([self._member_output(i, parities[0]) for i in range(self._k)])  # (k, b, D)
+        self._decoding, self._decode_started = missing, self._clock()
+        self._decode_call = self._spawn(self._backends.decode(self._id, missing, rows, parities, members))
 
-    def _output(self, i: int) -> np.ndarray:
+    def _member_output(self, i: int, like: np.ndarray) -> np.ndarray:
+        """Member i's output, zeros for a missing one (the decoder ignores its rows)."""
         output = self._batches[i].output
-        assert output is not None
-        return output
+        return np.zeros_like(like) if output is None else output
+
+    def _missing(self) -> list[int]:
+        """The batches whose output decoding lacks."""
+        return [j for j, batch in enumerate(self._batches) if batch.output is None]
+
+    def _possible_parities(self) -> int:
+        """Parities in or on their way."""
+        return self._r - len(self._parity_failed) if self._parity_usable else 0
 
     # --- results
     def _settle(self, task: asyncio.Task[Any]) -> None:
         failed = task.cancelled() or task.exception() is not None
-        if task is self._parity_call:
+        if task is self._encode_call:
             if failed:
                 self._parity_usable = False
             else:
-                self._parity = task.result()
+                self._infer_parities(task.result())
+        elif task in self._parity_calls:
+            m = self._parity_calls.pop(task)
+            if failed:
+                self._parity_failed.add(m)
+                self._parity_usable = self._parity_usable and len(self._parity_failed) < self._r
+            else:
+                self._parities[m] = task.result()
         elif task is self._decode_call:
             self._decode_call = None
             self.report.decode_seconds = self._clock() - self._decode_started
-            batch = self._batches[self._decoding]
             if failed:
                 self._parity_usable = False  # decoder down: go on uncoded
-            elif not batch.answered:
-                self.report.reconstructed_batches += 1
-                self._answer(self._decoding, task.result(), reconstructed=True)
+                return
+            self.report.decoded_sets += 1
+            logits = task.result()  # (s, b, classes)
+            for j, decoded in zip(self._decoding, logits, strict=True):
+                if not self._batches[j].answered:
+                    self.report.reconstructed_batches += 1
+                    self._answer(j, decoded, reconstructed=True)
         else:
             j = self._worker_calls.pop(task)
             batch = self._batches[j]
@@ -264,7 +294,7 @@ class CodingGroup:
                 query.future.set_result(QueryResult(logits[row], reconstructed, queued))
         for task in batch.calls:
             task.cancel()  # the straggling original or a re-send no longer needed
-        if self._decode_call is not None and self._decoding == j:
+        if self._decode_call is not None and all(self._batches[i].answered for i in self._decoding):
             self._decode_call.cancel()
         if self._all_answered():
             report = self.report
@@ -278,29 +308,31 @@ class CodingGroup:
 
     # --- recovery
     def _recover(self) -> None:
-        """Decode what k of the k+1 results let us decode; re-send what cannot be (see the module doc)."""
+        """Decode what k of the k + r results let us decode; re-send what cannot be (see the module doc)."""
         now = self._clock()
         past_straggler = now >= self._straggler_at
         unanswered = sum(not b.answered for b in self._batches)
+        missing = self._missing()
+        # the parities that decode the missing batches are in, or on their way
+        decodable = self._parity_usable and 0 < len(missing) <= self._possible_parities()
+        waiting = [j for j in missing if not self._batches[j].answered]
+        if decodable and waiting and len(missing) <= len(self._parities) and self._decode_call is None:
+            if self._decodable_since is None:
+                self._decodable_since = now
+            decode_due = now >= self._decodable_since + self._recovery.decode_wait_s
+            if past_straggler or decode_due or any(not self._batches[j].calls for j in waiting):
+                self._decode(missing)
         for j, batch in enumerate(self._batches):
-            if batch.answered or (self._decode_call is not None and self._decoding == j):
+            if batch.answered or (self._decode_call is not None and j in self._decoding):
                 continue
-            others_in = self._parity_usable and all(
-                b.output is not None for i, b in enumerate(self._batches) if i != j
-            )
-            if others_in and self._parity is not None and self._decode_call is None:
-                if self._decodable_since is None:
-                    self._decodable_since = now
-                decode_due = now >= self._decodable_since + self._recovery.decode_wait_s
-                if not batch.calls or past_straggler or decode_due:
-                    self._decode(j)
-                continue
+            if decodable and j in missing and len(missing) <= len(self._parities):
+                continue  # decoded once the decode is due
             if not batch.calls:  # failed
-                if self._parity_usable and not past_straggler:
+                if decodable and not past_straggler:
                     continue  # its decode is on its way
             elif batch.hedged or not past_straggler:
                 continue
-            elif (others_in or unanswered > 1) and now < self._hedge_all_at:
+            elif (decodable or unanswered > 1) and now < self._hedge_all_at:
                 continue  # the parity that decodes it is on its way, or the pool is just loaded
             else:
                 batch.hedged = True

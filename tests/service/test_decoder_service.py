@@ -1,4 +1,5 @@
-"""Decoder service over real gRPC: a missing member is reconstructed exactly when the parity is exact."""
+"""Decoder service over real gRPC (one parity): a missing member is reconstructed exactly when the parity is
+exact."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from helpers import K, batch, images, outputs, running, service_config
 
-from coded_invnet.proto import coded_pb2_grpc
+from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from services.decoder.server import start as start_decoder
 
 
@@ -20,6 +21,18 @@ def worker_outputs(model_dir: Path, groups: np.ndarray) -> tuple[np.ndarray, np.
     session = ort.InferenceSession(str(model_dir / "worker.onnx"), providers=["CPUExecutionProvider"])
     runs = [session.run(None, {"x": groups[:, i]}) for i in range(groups.shape[1])]
     return np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs])
+
+
+def decode_request(
+    group_id: int, missing: list[int], parities: np.ndarray, members: np.ndarray
+) -> coded_pb2.Batch:
+    """Decode `missing` from the first len(missing) parity rows; the missing members' rows zeroed."""
+    members = members.copy()
+    members[missing] = 0.0
+    rows = np.arange(len(missing), dtype=np.int64)
+    return batch(
+        group_id, missing[0], parities=parities, members=members, missing=np.array(missing), parity_rows=rows
+    )
 
 
 @pytest.mark.parametrize("mode", ["coded-invnet", "parm"])
@@ -31,24 +44,21 @@ def test_decode_recovers_each_missing_member(model_dir: Path, mode: str) -> None
     async def scenario() -> None:
         async with running(start_decoder, service_config("decoder", model_dir, mode=mode)) as channel:
             stub = coded_pb2_grpc.DecoderStub(channel)
-            requests = [
-                batch(9, missing, parity=parity, available=np.delete(members, missing, axis=0))
-                for missing in range(K)
-            ]
+            requests = [decode_request(9, [missing], parity[None], members) for missing in range(K)]
             results = [r async for r in stub.DecodeStream(iter(requests), timeout=10)]
             assert sorted(r.index for r in results) == list(range(K))
             for result in results:
-                got = outputs(result)["logits"]
-                np.testing.assert_allclose(got, logits[result.index], rtol=1e-4, atol=1e-4)
+                got = outputs(result)["logits"]  # (1, B, classes): one missing member
+                np.testing.assert_allclose(got[0], logits[result.index], rtol=1e-4, atol=1e-4)
 
-            with pytest.raises(grpc.aio.AioRpcError) as caught:  # k members "available" instead of k-1
-                await stub.Decode(batch(9, 0, parity=parity, available=members), timeout=5)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:  # k-1 members instead of k
+                await stub.Decode(decode_request(9, [0], parity[None], members[1:]), timeout=5)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert f"expected available of shape ({K - 1}," in (caught.value.details() or "")
+            assert f"expected members ({K}, B, D)" in (caught.value.details() or "")
 
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Decode(batch(9, 0, parity=parity), timeout=5)
+                await stub.Decode(batch(9, 0, parities=parity[None]), timeout=5)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "available" in (caught.value.details() or "")
+            assert "members" in (caught.value.details() or "")
 
     asyncio.run(scenario())
