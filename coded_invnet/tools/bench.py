@@ -4,11 +4,16 @@ For each (mode, k) it launches the system locally and runs the fault phases, int
 rounds, each round with the same Poisson load (seeded, so every mode sees the same arrivals):
   none       no faults;
   straggler  data worker 0 delays a batch by 100 ms with probability 0.1 (its admin RPC, as in the paper);
-  kill       data worker 0 is SIGKILLed a third of the way into the round and restarted on the same port.
-It writes results/latency.json (a list of records), results/latency.meta.json (the command and the
-settings) and results/latency.png.
+  kill       data worker 0 is SIGKILLed a third of the way into the round and restarted on the same port;
+  straggler2, kill2  the same for workers 0 and 1 together (with --parities 2: two members of each group,
+             the pool being k + 2 workers).
+With --parities r each group carries r parity batches (coded-invnet; other modes keep theirs). It
+writes results/latency.json (a list of records), results/latency.meta.json (the command, the settings
+and the machine's load) and results/latency.png.
 
     python -m coded_invnet.tools.bench --out results/latency.json
+    python -m coded_invnet.tools.bench --modes coded-invnet --ks 10 --parities 2 \\
+        --faults none,kill2,straggler2 --out results/latency-r2.json
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ from coded_invnet.client import AsyncClient
 from coded_invnet.coding import CODING_MODES
 from coded_invnet.data import Split, load_dataset
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
-from coded_invnet.serving.config import DECODABLE_MODES, default_model_file
+from coded_invnet.serving.config import DECODABLE_MODES, MULTI_PARITY_MODES, default_model_file
 from coded_invnet.tools.chaos import LauncherKiller
 from coded_invnet.tools.faults import ADMIN_TIMEOUT_S, STRAGGLER_DELAY_MS, STRAGGLER_PROBABILITY, straggler
 from coded_invnet.tools.launcher import System, launch
 from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
 FAULTS = ("none", "straggler", "kill")
+TWO_FAULTS = ("straggler2", "kill2")  # the same faults on two workers at once (for r >= 2)
 RECONNECT_SETTLE_S = 2.0
 INFERENCES = "nv_inference_count"  # queries run through a model, per process (Prometheus counter)
 
@@ -57,6 +63,7 @@ class BenchPlan:
     seed: int
     rounds: int
     parity_niceness: int
+    parities: int = 1
 
 
 def scrape_inferences(system: System) -> dict[str, float]:
@@ -102,11 +109,12 @@ async def run_round(
     system: System, fault: str, test: Split, plan: BenchPlan, seed: int, tally: FaultTally
 ) -> None:
     """One round of one fault's open-loop load against the running system, added to ``tally``."""
-    victim = system.workers[0]
-    if fault == "straggler":
-        await set_faults(
-            victim.target, straggler(plan.straggler_delay_ms, plan.straggler_probability, seed + 1)
-        )
+    victims = system.workers[: 2 if fault in TWO_FAULTS else 1]
+    kind = fault.rstrip("2")
+    if kind == "straggler":
+        for n, victim in enumerate(victims):
+            delay = straggler(plan.straggler_delay_ms, plan.straggler_probability, seed + 1 + n)
+            await set_faults(victim.target, delay)
     duration_s = plan.duration_s / plan.rounds
     before = await asyncio.to_thread(scrape_inferences, system)
     killer = LauncherKiller(system)
@@ -115,31 +123,34 @@ async def run_round(
         load = asyncio.create_task(
             run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
         )
-        if fault == "kill":
+        if kind == "kill":
             await asyncio.sleep(duration_s * plan.kill_at_fraction)
             before_kill = await asyncio.to_thread(scrape_inferences, system)
-            await killer.kill(0)
+            await killer.kill(range(len(victims)))
         tally.outcomes += await load
     await killer.wait_restarted()
-    if fault == "kill":
+    if kind == "kill":
         # the frontend reconnects to the restarted worker within its 1 s reconnect backoff: let it, so the
         # after-effects of this kill do not land in the next round's phases
         await asyncio.sleep(RECONNECT_SETTLE_S)
     after = await asyncio.to_thread(scrape_inferences, system)
-    if fault == "kill":  # the restarted worker counts from 0 again
-        after[victim.name] += before_kill[victim.name]
-    if fault == "straggler":
-        await set_faults(victim.target, coded_pb2.FaultConfig())
+    if kind == "kill":  # the restarted workers count from 0 again
+        for victim in victims:
+            after[victim.name] += before_kill[victim.name]
+    if kind == "straggler":
+        for victim in victims:
+            await set_faults(victim.target, coded_pb2.FaultConfig())
     tally.rows += worker_rows(system, before, after)
     tally.duration_s += duration_s
 
 
-def record(system: System, fault: str, tally: FaultTally) -> dict[str, Any]:
+def record(system: System, fault: str, tally: FaultTally, parities: int) -> dict[str, Any]:
     summary = summarize(tally.outcomes, tally.duration_s)
     answered = max(int(summary["answered"] or 0), 1)
     return {
         "mode": system.mode,
         "k": system.k,
+        **({"r": parities} if parities > 1 else {}),
         "fault": fault,
         **{key: summary[key] for key in ("p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy")},
         "reconstructed_fraction": round(int(summary["reconstructed"] or 0) / answered, 4),
@@ -150,12 +161,13 @@ def record(system: System, fault: str, tally: FaultTally) -> dict[str, Any]:
     }
 
 
-def missing_models(model_dir: Path, mode: str, k: int) -> list[str]:
-    """The ONNX files a launch of (mode, k) would need that model_dir lacks."""
+def missing_models(model_dir: Path, mode: str, k: int, parities: int = 1) -> list[str]:
+    """The ONNX files a launch of (mode, k) with r parities would need that model_dir lacks."""
     services = [("worker", "data")]
     if mode in DECODABLE_MODES:
         services += [("worker", "parity"), ("encoder", ""), ("decoder", "")]
-    needed = {default_model_file(service, mode, role, k) for service, role in services}
+    r = parities if mode in MULTI_PARITY_MODES else 1
+    needed = {default_model_file(service, mode, role, k, r) for service, role in services}
     return sorted(name for name in needed if not (model_dir / name).is_file())
 
 
@@ -173,7 +185,8 @@ async def run_bench(
     records = []
     for k in ks:
         for mode in modes:
-            if missing := missing_models(model_dir, mode, k):
+            parities = plan.parities if mode in MULTI_PARITY_MODES else 1
+            if missing := missing_models(model_dir, mode, k, parities):
                 print(f"skipping mode {mode} k={k}: {model_dir} lacks {', '.join(missing)}", flush=True)
                 continue
             # "none" waits for all k batches: only failed batches are re-sent, stragglers are not hedged
@@ -185,6 +198,7 @@ async def run_bench(
                 k,
                 frontend_settings=settings,
                 parity_niceness=plan.parity_niceness,
+                parities=parities,
                 fault_api=True,  # the straggler phase delays a worker through SetFaults
             ) as system:
                 # warm-up: connections, caches, onnxruntime's first runs
@@ -194,7 +208,7 @@ async def run_bench(
                     for fault in faults:
                         await run_round(system, fault, test, plan, plan.seed + round_index, tallies[fault])
                 for fault in faults:
-                    records.append(record(system, fault, tallies[fault]))
+                    records.append(record(system, fault, tallies[fault], parities))
                     print(json.dumps(records[-1]), flush=True)
     return records
 
@@ -238,7 +252,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dataset", default="mnist")
     parser.add_argument("--modes", default=",".join(CODING_MODES))
     parser.add_argument("--ks", default="10,4,2", help="comma-separated k values")
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--faults", default=",".join(FAULTS), help=f"of {', '.join(FAULTS + TWO_FAULTS)}")
+    parser.add_argument("--parities", type=int, default=1, help="r parity batches per group (coded-invnet)")
     parser.add_argument("--rate", type=float, default=100.0, help="mean queries per second (Poisson)")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load per fault (all rounds)")
     parser.add_argument("--rounds", type=int, default=4, help="fault phases interleaved in this many rounds")
@@ -264,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.seed,
         args.rounds,
         args.parity_niceness,
+        args.parities,
     )
     started, load_at_start = time.time(), os.getloadavg()[0]
     ks = [int(k) for k in args.ks.split(",")]
@@ -284,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"{mode} k={k}: no {', '.join(missing)}"
             for k in ks
             for mode in args.modes.split(",")
-            if (missing := missing_models(args.model_dir, mode, k))
+            if (missing := missing_models(args.model_dir, mode, k, plan.parities))
         ],
         "records": str(args.out),
     }

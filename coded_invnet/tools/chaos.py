@@ -1,11 +1,15 @@
-"""Chaos runner: keep open-loop load on the frontend and kill a data worker every few seconds.
+"""Chaos runner: keep open-loop load on the frontend and fault data workers every few seconds.
 
 Where a cluster is configured (KUBECONFIG, or running in a pod) it deletes worker pods through the
 Kubernetes API and loads the frontend at --target; otherwise it launches the system locally and SIGKILLs
-worker processes, restarting each (as Kubernetes would reschedule the pod). It reports sent, answered,
-lost (must be 0), killed, reconstructed and reconstructed_accuracy, and writes them with the command:
+worker processes, restarting each (as Kubernetes would reschedule the pod). `--at-once N` faults N
+distinct workers together (with `--parities` r ≥ N and a pool of k + r workers, N members of every
+group); `--fault stop` (local) SIGSTOPs them for `--stop-for` seconds instead: stragglers that hang with
+their connections open. It reports sent, answered, lost (must be 0), killed, reconstructed and
+reconstructed_accuracy, and writes them with the command and the machine's load:
 
     python -m coded_invnet.tools.chaos --duration 60 --out results/chaos.json
+    python -m coded_invnet.tools.chaos --k 10 --parities 2 --at-once 2 --out results/chaos-r2.json
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 
 from coded_invnet.client import AsyncClient, TlsOptions
 from coded_invnet.data import load_dataset
+from coded_invnet.serving.config import ServingConfig
 from coded_invnet.tools.openloop import (
     add_tls_arguments,
     poisson_schedule,
@@ -38,27 +43,31 @@ from coded_invnet.tools.openloop import (
 IN_CLUSTER_ENV = "KUBERNETES_SERVICE_HOST"
 
 
+FAULTS = ("kill", "stop")
+
+
 class WorkerKiller(Protocol):
     @property
     def slots(self) -> int:
         """How many data workers there are to choose from."""
         ...
 
-    async def kill(self, slot: int) -> str:
-        """Kill data worker ``slot``; returns its name."""
+    async def kill(self, slots: Sequence[int]) -> list[str]:
+        """Kill the workers ``slots`` at once; returns their names."""
         ...
 
 
 class PodKiller:
     """Deletes worker pods (StatefulSet pods worker-0..worker-{slots-1}) with no grace period; before
-    each kill it waits until the previous victim's replacement is Ready (one worker down at a time)."""
+    each kill it waits until the previous victims' replacements are Ready (the victims of one kill are
+    down together, as many as the PodDisruptionBudget allows)."""
 
     def __init__(self, core: Any, namespace: str, slots: int, statefulset: str = "worker") -> None:
         self.core = core  # kubernetes.client.CoreV1Api
         self.namespace = namespace
         self.slots = slots
         self.statefulset = statefulset
-        self._last_killed = ""
+        self._last_killed: list[str] = []
 
     def delete_pod(self, slot: int) -> str:
         name = f"{self.statefulset}-{slot}"
@@ -83,10 +92,10 @@ class PodKiller:
             time.sleep(1.0)
         raise TimeoutError(f"pod {name} was not Ready again within {timeout_s:.0f} s")
 
-    async def kill(self, slot: int) -> str:
-        if self._last_killed:
-            await asyncio.to_thread(self.wait_ready, self._last_killed)
-        self._last_killed = await asyncio.to_thread(self.delete_pod, slot)
+    async def kill(self, slots: Sequence[int]) -> list[str]:
+        for name in self._last_killed:
+            await asyncio.to_thread(self.wait_ready, name)
+        self._last_killed = [await asyncio.to_thread(self.delete_pod, slot) for slot in slots]
         return self._last_killed
 
 
@@ -104,19 +113,39 @@ def cluster_pod_killer(namespace: str, slots: int | None = None) -> PodKiller | 
 
 
 class LauncherKiller:
-    """SIGKILLs a local worker process, then starts it again on the same ports, as a replaced pod would be."""
+    """SIGKILLs local worker processes, then starts each again on the same ports, as a replaced pod
+    would be; or SIGSTOPs them for a while (stragglers)."""
 
     def __init__(self, system: Any) -> None:  # coded_invnet.tools.launcher.System
         self._system = system
         self.slots = len(system.workers)
         self._restarts: list[asyncio.Task[None]] = []
 
-    async def kill(self, slot: int) -> str:
-        await self.wait_restarted()  # one worker down at a time, as the PodDisruptionBudget allows
-        worker = self._system.workers[slot]
-        worker.kill()
-        self._restarts.append(asyncio.create_task(asyncio.to_thread(self._system.restart, worker.name)))
-        return str(worker.name)
+    async def kill(self, slots: Sequence[int]) -> list[str]:
+        await (
+            self.wait_restarted()
+        )  # the victims of one kill down together, as the PodDisruptionBudget allows
+        victims = [self._system.workers[slot] for slot in slots]
+        for worker in victims:
+            worker.kill()
+        for worker in victims:
+            self._restarts.append(asyncio.create_task(asyncio.to_thread(self._system.restart, worker.name)))
+        return [str(worker.name) for worker in victims]
+
+    async def stop(self, slots: Sequence[int], seconds: float) -> list[str]:
+        """SIGSTOP the workers ``slots`` together, SIGCONT them ``seconds`` later (in the background)."""
+        await self.wait_restarted()
+        victims = [self._system.workers[slot] for slot in slots]
+        for worker in victims:
+            worker.pause()
+
+        async def resume() -> None:
+            await asyncio.sleep(seconds)
+            for worker in victims:
+                worker.resume()
+
+        self._restarts.append(asyncio.create_task(resume()))
+        return [str(worker.name) for worker in victims]
 
     async def wait_restarted(self) -> None:
         await asyncio.gather(*self._restarts)
@@ -129,6 +158,9 @@ class ChaosPlan:
     kill_every_s: float
     timeout_s: float
     seed: int
+    at_once: int = 1  # workers faulted together
+    fault: str = FAULTS[0]
+    stop_s: float = 2.0  # how long a stopped worker hangs (fault "stop")
 
 
 async def run_chaos(
@@ -139,7 +171,8 @@ async def run_chaos(
     plan: ChaosPlan,
     tls: TlsOptions | None = None,
 ) -> dict[str, Any]:
-    """Load `target` for plan.duration_s while killing a random data worker every plan.kill_every_s."""
+    """Load `target` for plan.duration_s while faulting plan.at_once random distinct workers every
+    plan.kill_every_s."""
     test = load_dataset(dataset).test
     schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
     chooser = random.Random(plan.seed)
@@ -150,15 +183,35 @@ async def run_chaos(
         start = time.perf_counter()
         for due in np.arange(plan.kill_every_s, plan.duration_s, plan.kill_every_s):
             await asyncio.sleep(max(0.0, start + due - time.perf_counter()))
-            killed.append(await killer.kill(chooser.randrange(killer.slots)))
+            slots = chooser.sample(range(killer.slots), plan.at_once)
+            if plan.fault == "stop":
+                if not isinstance(killer, LauncherKiller):
+                    raise ValueError("--fault stop needs the local launcher (SIGSTOP of a process)")
+                killed += await killer.stop(slots, plan.stop_s)
+            else:
+                killed += await killer.kill(slots)
         outcomes = await load
-    return {**summarize(outcomes, plan.duration_s), "killed": len(killed), "killed_workers": killed}
+    return {
+        **summarize(outcomes, plan.duration_s),
+        "fault": plan.fault,
+        "at_once": plan.at_once,
+        "killed": len(killed),
+        "killed_workers": killed,
+    }
 
 
 async def run_local(args: argparse.Namespace, plan: ChaosPlan) -> dict[str, Any]:
     from coded_invnet.tools.launcher import launch
 
-    with launch(args.model_dir, args.mode, args.k, log_dir=args.log_dir) as system:
+    with launch(
+        args.model_dir,
+        args.mode,
+        args.k,
+        log_dir=args.log_dir,
+        parities=args.parities,
+        pool_size=args.pool_size,
+        frontend_settings={"straggler_timeout_ms": args.straggler_timeout_ms},
+    ) as system:
         killer = LauncherKiller(system)
         report = await run_chaos(killer, system.frontend.target, args.model, args.dataset, plan)
         await killer.wait_restarted()
@@ -177,11 +230,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("results/chaos.json"))
     parser.add_argument("--model", default="mnist", help="model name on the frontend")
     parser.add_argument("--dataset", default="mnist", help="test set the queries (and labels) come from")
+    parser.add_argument("--at-once", type=int, default=1, help="workers faulted together")
+    parser.add_argument(
+        "--fault", default=FAULTS[0], choices=FAULTS, help="kill: SIGKILL; stop: SIGSTOP (local)"
+    )
+    parser.add_argument("--stop-for", type=float, default=2.0, help="seconds a stopped worker hangs")
     cluster = parser.add_argument_group("cluster (used when KUBECONFIG is set or in a pod)")
     cluster.add_argument("--target", default="frontend:8001", help="frontend host:port")
     cluster.add_argument("--namespace", default="coded-invnet")
     cluster.add_argument(
-        "--pool-size", type=int, default=None, help="worker pods to choose from: worker-0 ... (default: k)"
+        "--pool-size",
+        type=int,
+        default=None,
+        help="worker pods to choose from: worker-0 ... (default: k); local: pool workers (default: k + r)",
     )
     add_tls_arguments(cluster)
     local = parser.add_argument_group("local (otherwise): the launcher's system")
@@ -189,8 +250,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     local.add_argument("--mode", default="coded-invnet")
     local.add_argument("--k", type=int, default=int(os.environ.get("CODED_K", "10")))
     local.add_argument("--log-dir", default=None, help="service logs (default: a temporary folder)")
+    local.add_argument("--parities", type=int, default=1, help="r parity batches per group")
+    local.add_argument(
+        "--straggler-timeout-ms",
+        type=float,
+        default=ServingConfig().straggler_timeout_ms,
+        help="the frontend's",
+    )
     args = parser.parse_args(argv)
-    plan = ChaosPlan(args.duration, args.rate, args.kill_every, args.timeout, args.seed)
+    plan = ChaosPlan(
+        args.duration,
+        args.rate,
+        args.kill_every,
+        args.timeout,
+        args.seed,
+        args.at_once,
+        args.fault,
+        args.stop_for,
+    )
+    started, load_at_start = time.time(), os.getloadavg()[0]
 
     pod_killer = cluster_pod_killer(args.namespace, args.pool_size or args.k)
     if pod_killer is not None:
@@ -199,7 +277,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         report["where"] = f"kubernetes namespace {args.namespace}"
     else:
         report = asyncio.run(run_local(args, plan))
-        report["where"] = f"local launcher, mode {args.mode}, k={args.k}"
+        report["where"] = f"local launcher, mode {args.mode}, k={args.k}, r={args.parities}"
+    report["wall_s"] = round(time.time() - started, 1)
+    # the machine is shared: its load explains noise in the tails
+    report["load_average_1m_start_end"] = [round(load_at_start, 2), round(os.getloadavg()[0], 2)]
+    report["cpu_cores"] = os.cpu_count()
     arguments = sys.argv[1:] if argv is None else list(argv)
     report["command"] = shlex.join(["python", "-m", "coded_invnet.tools.chaos", *arguments])
     args.out.parent.mkdir(parents=True, exist_ok=True)
