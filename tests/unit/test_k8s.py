@@ -66,6 +66,7 @@ def test_every_overlay_is_rendered_here() -> None:
         "k8s/overlays/gpu",
         "k8s/overlays/chaos",
         "k8s/overlays/tls",
+        "k8s/overlays/r2",
     }
 
 
@@ -133,9 +134,17 @@ def test_services_probes_and_ports_agree() -> None:
         assert any(labels <= w["spec"]["template"]["metadata"]["labels"].items() for w in workloads)
 
 
-def test_a_worker_pool_of_at_least_k_plus_r_autoscaled_and_disrupted_r_at_a_time() -> None:
-    docs = render(Path("k8s/base"))
-    k, r = int(config_map(docs)["CODED_K"]), 1
+@pytest.mark.parametrize(("kustomization", "parities"), [("k8s/base", 1), ("k8s/overlays/r2", 2)])
+def test_a_worker_pool_of_at_least_k_plus_r_autoscaled_and_disrupted_r_at_a_time(
+    kustomization: str, parities: int
+) -> None:
+    docs = render(Path(kustomization))
+    settings = config_map(docs)
+    k, r = int(settings["CODED_K"]), int(settings["CODED_PARITIES"])
+    assert r == parities
+    for service in ("encoder", "decoder", "frontend"):
+        environ = {name: value for name, value in settings.items() if name in ENV_VARS[service]}
+        assert load_config(service, [], environ).parities == r
     workers = named(docs, "StatefulSet", "worker")
     assert not of_kind(docs, "StatefulSet")[1:], "one StatefulSet: the pool"
     assert workers["spec"]["replicas"] >= k + r
