@@ -76,8 +76,10 @@ class BatchProcessor:
             raise
         request_us = (time.perf_counter() - received) * 1e6
         queue_us = max(request_us - computed.compute_us, 0.0)  # decoding, injected delay, thread hand-off
-        first = next(iter(arrays.values()))
-        rows = first.shape[0] if first.ndim else 1
+        rows = computed.rows
+        if rows is None:
+            first = next(iter(arrays.values()))
+            rows = first.shape[0] if first.ndim else 1
         self.metrics.record_success(RequestTiming(rows, request_us, queue_us, computed.compute_us))
         return coded_pb2.BatchResult(
             group_id=batch.group_id,

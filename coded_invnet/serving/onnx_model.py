@@ -61,6 +61,7 @@ class TensorSpec:
 class Computed:
     outputs: dict[str, np.ndarray]
     compute_us: float
+    rows: int | None = None  # queries computed, for metrics (None: the first input's first axis)
 
 
 def _spec(node: ort.NodeArg) -> TensorSpec:

@@ -50,7 +50,7 @@ class DecoderRuntime:
             outputs = {"logits": logits.reshape(s, b, -1), "z": recovered}
         elapsed_us = (time.perf_counter() - start) * 1e6
         self.metrics.record_decode(self.mode, elapsed_us)
-        return Computed(outputs, elapsed_us)
+        return Computed(outputs, elapsed_us, rows=recovered.shape[0] * recovered.shape[1])  # s·B queries
 
 
 def _indices(feeds: dict[str, np.ndarray], name: str) -> list[int]:
