@@ -260,6 +260,8 @@ class CodingGroup:
         elif task is self._decode_call:
             self._decode_call = None
             self.report.decode_seconds = self._clock() - self._decode_started
+            if task.cancelled():
+                return  # its batches were answered by their workers meanwhile
             if failed:
                 self._parity_usable = False  # decoder down: go on uncoded
                 return
