@@ -8,7 +8,7 @@ STAMP := .make
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos pool scale bench bench-serving clean reliability \
+.PHONY: help setup data proto proto-check lint typecheck test test-fast train eval export demo chaos pool scale bench bench-serving clean reliability chaos-r2 bench-r2 \
 	engine image image-gpu up down test-containers chaos-containers
 
 help:
@@ -17,6 +17,7 @@ help:
 	@echo "make train   - retrain every shipped model (resumable; uses a GPU when present)"
 	@echo "make eval    - regenerate results/accuracy.json from the committed models"
 	@echo "make chaos / make bench - chaos run and side-by-side latency benchmark"
+	@echo "make chaos-r2 / make bench-r2 - the same with two parities (k=10, encoder_k10_r2.onnx), two workers at once"
 	@echo "make pool / make scale - worker pool churn under load (0 lost) and throughput vs pool size"
 	@echo "make reliability - every fault (kills, stops, restarts, bad input, big requests) under load"
 	@echo "make image   - build the CPU serving and chaos images (docker or podman; no registry needed)"
@@ -79,6 +80,13 @@ chaos: setup
 
 bench: setup
 	$(PY) -m coded_invnet.tools.bench --out results/latency.json
+
+chaos-r2: setup
+	$(PY) -m coded_invnet.tools.chaos --duration 60 --k 10 --parities 2 --at-once 2 --out results/chaos-r2.json
+
+bench-r2: setup
+	$(PY) -m coded_invnet.tools.bench --modes coded-invnet --ks 10 --parities 2 --faults none,kill2,straggler2 \
+		--out results/latency-r2.json
 
 pool: setup
 	$(PY) -m coded_invnet.tools.scaleout pool --k 4 --out results/pool.json
