@@ -142,6 +142,7 @@ def open_model(cfg: ServingConfig) -> OnnxModel:
     """The (unloaded) model this service runs; fails fast, naming the settings, if the file is missing."""
     path = cfg.model_path()
     if not path.is_file():
-        origin = "CODED_MODEL_FILE" if cfg.model_file else "CODED_MODEL_DIR, CODED_MODE, CODED_K, CODED_ROLE"
+        chosen_by = "CODED_MODEL_DIR, CODED_MODE, CODED_K, CODED_ROLE, CODED_PARITIES"
+        origin = "CODED_MODEL_FILE" if cfg.model_file else chosen_by
         raise ConfigError(f"model file {path} not found (chosen by {origin})")
     return OnnxModel(path, cfg.device, cfg.ort_threads)

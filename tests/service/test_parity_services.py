@@ -14,7 +14,10 @@ from helpers import IMAGE, batch, images, outputs, parity_model_dir, running, se
 
 from coded_invnet.coding import parity_coefficients
 from coded_invnet.proto import coded_pb2_grpc
+from coded_invnet.serving.errors import ConfigError
+from coded_invnet.serving.onnx_model import OnnxModel
 from services.decoder.server import start as start_decoder
+from services.encoder.server import load_checked
 from services.encoder.server import start as start_encoder
 
 K, R = 4, 2
@@ -42,6 +45,14 @@ def test_encoder_answers_r_parities(models: Path) -> None:
             np.testing.assert_allclose(parity["parity"], expected, atol=1e-5)
 
     asyncio.run(scenario())
+
+
+def test_encoder_refuses_a_model_of_another_r(models: Path, model_dir: Path) -> None:
+    load_checked(OnnxModel(models / f"encoder_k{K}_r{R}.onnx", "cpu", 1), R)
+    with pytest.raises(ConfigError, match=f"CODED_PARITIES={R}, but encoder_k2.onnx outputs parity"):
+        load_checked(OnnxModel(model_dir / "encoder_k2.onnx", "cpu", 1), R)
+    with pytest.raises(ConfigError, match="CODED_PARITIES=1"):
+        load_checked(OnnxModel(models / f"encoder_k{K}_r{R}.onnx", "cpu", 1), 1)
 
 
 def test_decoder_reconstructs_every_missing_set(models: Path) -> None:
