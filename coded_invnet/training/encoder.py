@@ -19,6 +19,7 @@ from coded_invnet.training.losses import decoded_agreement
 
 ENCODER_LOSSES = ("decoded+latent", "latent", "gan")
 GAN_WEIGHT = 0.01  # weight of the critic's term in the 'gan' loss
+SETS_PER_SIZE = 4  # r-parity encoders: random missing sets of each size 1..r in every step's loss
 
 
 class Critic(nn.Module):
@@ -106,8 +107,9 @@ def train_parity_encoders(
     cfg: RunConfig, data: Dataset, base_path: Path, init_path: Path, k: int, r: int, name: str
 ) -> Path:
     """Train F_k with r parities, fine-tuned from the one-parity encoder at ``init_path`` (its parity 0),
-    g, h frozen. Loss: KL(h(ẑ_S) ‖ base softmax) over a random missing set S of each size 1..r decoded
-    from random parities (coding.decode_set), plus L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of every parity m."""
+    g, h frozen. Loss: KL(h(ẑ_S) ‖ base softmax) over SETS_PER_SIZE random missing sets S of each size
+    1..r decoded from random parities (coding.decode_set), plus L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of
+    every parity m."""
     torch.manual_seed(cfg.seed + k + 100 * r)
     rng = np.random.default_rng(cfg.seed + 31 * k + r)
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k + r)
@@ -132,11 +134,12 @@ def train_parity_encoders(
         z_p = latents(groups)  # (B, r, D), gradient flows through frozen g into F
         loss = (z_p - a_t @ z).abs().mean()
         members = z.transpose(0, 1)  # (k, B, D)
-        for missing, rows in missing_sets(k, r, 1, rng):
+        sets = missing_sets(k, r, SETS_PER_SIZE, rng)  # h is cheap next to g: many sets per step
+        for missing, rows in sets:
             decoded = coding.decode_set(a, rows, z_p[:, rows].transpose(0, 1), members, missing)  # (s, B, D)
             log_q = base.h(decoded).log_softmax(-1)  # (s, B, classes)
             p = target_prob[missing]  # (s, B, classes)
-            loss = loss + (p * (p.clamp_min(1e-8).log() - log_q)).sum(-1).mean() / r
+            loss = loss + (p * (p.clamp_min(1e-8).log() - log_q)).sum(-1).mean() / len(sets)
         return loss
 
     @torch.no_grad()
