@@ -12,6 +12,7 @@ from torch import nn
 from coded_invnet import coding
 from coded_invnet.checkpoint import load_encoder
 from coded_invnet.data import Dataset
+from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
 from coded_invnet.training.groups import group_training
 from coded_invnet.training.loop import RunConfig, Stateful, epoch_loop, write_model
@@ -35,6 +36,14 @@ class Critic(nn.Module):
         return self.net(z).squeeze(-1)
 
 
+@torch.no_grad()
+def base_targets(base: InvNetClassifier, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z (B, k, D), base softmax (k, B, classes)) of groups (B, k, C, H, W): what parities are fit to."""
+    b, k = groups.shape[:2]
+    logits, z = base(groups.flatten(0, 1))  # (B·k, classes), (B·k, D)
+    return z.reshape(b, k, -1), logits.reshape(b, k, -1).softmax(-1).transpose(0, 1)
+
+
 def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_kind: str, name: str) -> Path:
     """Train F_k with g, h frozen. Losses:
     - decoded+latent: KL(h(ẑ_j) ‖ base softmax) over every missing j, plus L1(g(F(x)) − mean z);
@@ -44,7 +53,7 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
     assert loss_kind in ENCODER_LOSSES, f"loss must be one of {ENCODER_LOSSES}"
     torch.manual_seed(cfg.seed + k)
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k)
-    base, bs = run.base, run.groups_per_step
+    base = run.base
     spec = EncoderSpec(image_shape=base.spec.image_shape, k=k)
     enc = FusionEncoder(spec).to(cfg.device)
     critic = Critic(base.g.latent_dim).to(cfg.device) if loss_kind == "gan" else None
@@ -52,10 +61,7 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
 
     def step(epoch: int, i: int) -> torch.Tensor:
         groups = run.sample()  # (B, k, C, H, W)
-        with torch.no_grad():
-            logits, z = base(groups.flatten(0, 1))  # (B·k, classes), (B·k, D)
-            z = z.reshape(bs, k, -1)  # (B, k, D)
-            target_prob = logits.reshape(bs, k, -1).softmax(-1).transpose(0, 1)  # (k, B, classes)
+        z, target_prob = base_targets(base, groups)  # (B, k, D), (k, B, classes)
         z_p = base.g(enc(groups))  # (B, D), gradient flows through frozen g into F
         latent_loss = (z_p - z.mean(1)).abs().mean()
         if loss_kind == "latent":
@@ -113,7 +119,7 @@ def train_parity_encoders(
     torch.manual_seed(cfg.seed + k + 100 * r)
     rng = np.random.default_rng(cfg.seed + 31 * k + r)
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k + r)
-    base, bs = run.base, run.groups_per_step
+    base = run.base
     spec = EncoderSpec(image_shape=base.spec.image_shape, k=k, parities=r)
     enc = FusionEncoder(spec).to(cfg.device)
     # parity 0 from the one-parity encoder; the others start at their pixel combination Σ_i A[m, i] x_i
@@ -127,10 +133,7 @@ def train_parity_encoders(
 
     def step(epoch: int, i: int) -> torch.Tensor:
         groups = run.sample()  # (B, k, C, H, W)
-        with torch.no_grad():
-            logits, z = base(groups.flatten(0, 1))  # (B·k, classes), (B·k, D)
-            z = z.reshape(bs, k, -1)  # (B, k, D)
-            target_prob = logits.reshape(bs, k, -1).softmax(-1).transpose(0, 1)  # (k, B, classes)
+        z, target_prob = base_targets(base, groups)  # (B, k, D), (k, B, classes)
         z_p = latents(groups)  # (B, r, D), gradient flows through frozen g into F
         loss = (z_p - a_t @ z).abs().mean()
         members = z.transpose(0, 1)  # (k, B, D)
@@ -157,17 +160,5 @@ def train_parity_encoders(
         return float(np.mean(agree))
 
     best, score, history = epoch_loop(name, cfg, enc, step, run.steps, validate)
-    return write_model(
-        cfg,
-        name,
-        "encoder",
-        best,
-        spec=spec.to_json(),
-        k=k,
-        parities=r,
-        loss="decoded+latent",
-        base=base_path.name,
-        init=init_path.name,
-        val_recovery=score,
-        history=history,
-    )
+    meta = {"spec": spec.to_json(), "k": k, "parities": r, "base": base_path.name, "init": init_path.name}
+    return write_model(cfg, name, "encoder", best, val_recovery=score, history=history, **meta)
