@@ -51,7 +51,7 @@ def accuracy_table(records: list[dict[str, Any]]) -> str:
         "| data set | k | method | normal | true-label accuracy | agreement with the base model | queries |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in (r for r in records if r["r"] == 1):
+    for r in (r for r in records if r.get("r", 1) == 1):  # records written before r parities have no r
         lines.append(
             f"| {r['dataset']} | {r['k']} | {r['method']} | {r['normal_accuracy']:.4f} | "
             f"{r['degraded_accuracy']:.4f} | {r['recovery_accuracy']:.4f} | {r['n_queries']} |"
