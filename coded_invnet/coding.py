@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the serving image has no torch: these functions need only n
 CODING_MODES = ("none", "replication", "parm", "coded-invnet")
 SHIPPED_KS = (2, 4, 10)  # the group sizes the shipped encoders and ParM models are trained and evaluated for
 MAX_PARITIES = 3
+SHIPPED_PARITY_CODES = ((10, 2), (4, 2), (10, 3), (4, 3))  # (k, r ≥ 2) of the shipped r-parity encoders
 
 # Rows 2..r of A, scaled by k (row 1 is all ones: the mean). Every row has the norm of the first, and
 # every square submatrix A[P, S] with |P| = |S| ≤ r is invertible; the rows were chosen by a numerical

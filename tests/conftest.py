@@ -41,14 +41,20 @@ def coded_system(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @pytest.fixture(scope="session")
 def smoke_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny real training run (MNIST subset): base classifier, encoder and ParM for k=2, exported."""
+    """A tiny real training run (MNIST subset): base classifier, encoders (r = 1, 2) and ParM for k=2,
+    exported."""
     from coded_invnet.tools.export import export_dataset
     from coded_invnet.training import cli
 
     root = tmp_path_factory.mktemp("smoke")
     common = ["--dataset", "mnist", "--epochs", "1", "--train-limit", "512", "--batch-size", "64"]
     common += ["--models-dir", str(root / "models"), "--checkpoints-dir", str(root / "ckpt")]
-    for what in (["base"], ["encoder", "--k", "2"], ["parm", "--k", "2"]):
+    for what in (
+        ["base"],
+        ["encoder", "--k", "2"],
+        ["encoder", "--k", "2", "--parities", "2"],
+        ["parm", "--k", "2"],
+    ):
         assert cli.main([*what, *common]) == 0
     export_dataset(root / "models" / "mnist")
     return root / "models" / "mnist"

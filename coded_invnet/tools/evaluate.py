@@ -8,13 +8,19 @@ position in turn is the missing one, so every test query is recovered exactly on
 - degraded: accuracy (against true labels) of the predictions given for queries whose worker is missing;
 - recovery: agreement of those with the base model's own prediction;
 - "none" (no coding) has no answer for a missing worker and scores 0.
-Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head), the plot
-docs/accuracy_vs_k.png, and the table between the markers in docs/RESULTS.md.
+Every record has ``r`` (parity workers) and ``missing`` (members missing at once). With r parities
+(encoder_k{k}_r{r}.pt) and s missing, every set of s members of every group (or a balanced sample of
+them, see evaluated_sets) is missing in turn, decoded from every set of s of the r parities, so each
+test query is recovered equally often.
+Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head; per (k, r)
+the worst condition number and error gain of the code), the plot docs/accuracy_vs_k.png, and the
+tables between the markers in docs/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -37,10 +43,13 @@ from coded_invnet.models.parm import ParityModel
 from coded_invnet.tools.report import (
     OVERHEAD_BEGIN,
     OVERHEAD_END,
+    PARITY_BEGIN,
+    PARITY_END,
     TABLE_BEGIN,
     TABLE_END,
     accuracy_table,
     overhead_table,
+    parity_table,
     plot,
     record_metrics,
     replace_block,
@@ -55,6 +64,13 @@ CODED_METHODS: dict[str, tuple[str, str]] = {
     "coded-invnet-pixel-mean": ("classifier", "mean"),
     "coded-invnet-oracle-inverse": ("classifier", "oracle"),
 }
+
+# r → the numbers of missing members the r-parity encoders are evaluated with
+MISSING_EVALUATED: dict[int, tuple[int, ...]] = {2: (1, 2), 3: (3,)}
+MAX_MISSING_SETS = 45  # every missing set up to this many per group (k = 10: every pair) ...
+MISSING_SET_ROUNDS = 4  # ... else k sets from each of this many random orders (k = 10, 3 missing: 40)
+# what the record fields measure, written beside the records (results/accuracy.meta.json)
+METRICS = {"degraded_accuracy": "true-label accuracy", "recovery_accuracy": "agreement with the base model"}
 
 
 def command_line() -> str:
@@ -90,6 +106,41 @@ def decoded_predictions(
     return np.concatenate(preds)
 
 
+def evaluated_sets(k: int, r: int, missing: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """(S, P) pairs: every set S of ``missing`` members — or, past MAX_MISSING_SETS of them, the cyclic
+    windows of MISSING_SET_ROUNDS random orders of the k members — each with every set P of that many
+    parities. Either way each member is missing equally often."""
+    subsets = list(itertools.combinations(range(k), missing))
+    if len(subsets) > MAX_MISSING_SETS:
+        rng = np.random.default_rng(seed)
+        orders = [rng.permutation(k) for _ in range(MISSING_SET_ROUNDS)]
+        subsets = [
+            tuple(sorted(int(o[(t + i) % k]) for i in range(missing))) for o in orders for t in range(k)
+        ]
+    return [(list(s), list(p)) for s in subsets for p in itertools.combinations(range(r), missing)]
+
+
+@torch.no_grad()
+def decoded_set_predictions(
+    base: InvNetClassifier, images: torch.Tensor, groups: np.ndarray, encoder: FusionEncoder, missing: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(members (n,), predicted classes (n,)) over the evaluated_sets of every group (coding.decode_set)."""
+    k, r = encoder.spec.k, encoder.spec.parities
+    a = coding.parity_coefficients(k, r)
+    sets = evaluated_sets(k, r, missing)
+    members, preds = [], []
+    for start in range(0, len(groups), 200):
+        idx = torch.from_numpy(groups[start : start + 200])
+        batch = images[idx]  # (G, k, C, H, W)
+        z = base.g(batch.flatten(0, 1)).unflatten(0, idx.shape).transpose(0, 1)  # (k, G, D)
+        z_p = base.g(encoder(batch).flatten(0, 1)).unflatten(0, (len(idx), r)).transpose(0, 1)  # (r, G, D)
+        for s, p in sets:
+            decoded = coding.decode_set(a, p, z_p[p], z, s)  # (missing, G, D)
+            preds.append(base.h(decoded).argmax(-1).flatten().numpy())
+            members.append(idx.T[s].flatten().numpy())
+    return np.concatenate(members), np.concatenate(preds)
+
+
 def parity_for(
     base: InvNetClassifier, source: str, model_dir: Path, k: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -121,7 +172,13 @@ def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[
         return bases[name]
 
     def add(
-        method: str, k: int, base_preds: np.ndarray, decoded: np.ndarray | None, groups: np.ndarray
+        method: str,
+        k: int,
+        base_preds: np.ndarray,
+        decoded: np.ndarray | None,
+        groups: np.ndarray,
+        r: int = 1,
+        missing: int = 1,
     ) -> None:
         members = groups.reshape(-1)
         flat = decoded.reshape(-1) if decoded is not None else None
@@ -130,6 +187,8 @@ def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[
                 "dataset": data.name,
                 "k": k,
                 "method": method,
+                "r": r,
+                "missing": missing,
                 "normal_accuracy": round(float((base_preds == labels).mean()), 4),
                 "degraded_accuracy": round(float((flat == labels[members]).mean()), 4)
                 if flat is not None
@@ -167,6 +226,15 @@ def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[
         base, base_preds = base_named(base_name)
         parity = parity_for(base, source, model_dir, k)
         add(method, k, base_preds, decoded_predictions(base, images, groups, parity, latent=True), groups)
+    for path in sorted(model_dir.glob("encoder_k*_r*.pt")):  # the r-parity encoders
+        encoder = load_encoder(path)
+        k, r = encoder.spec.k, encoder.spec.parities
+        base, base_preds = base_named("classifier")
+        for missing in MISSING_EVALUATED[r]:
+            members, decoded = decoded_set_predictions(
+                base, images, groups_of(len(test), k), encoder, missing
+            )
+            add("coded-invnet", k, base_preds, decoded, members, r, missing)
     return records
 
 
@@ -214,6 +282,26 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
                 "extra_compute_measured": round((worker_us + enc_us) / (k * worker_us), 4),
             }
         )
+    per_code = []
+    for path in sorted(model_dir.glob("encoder_k*_r*.pt")):  # the r-parity encoders
+        enc = load_encoder(path)
+        k, r = enc.spec.k, enc.spec.parities
+        enc_macs = count_macs(enc, torch.rand(1, k, *shape))
+        enc_us = time_onnx(path.with_suffix(".onnx"), np.random.rand(batch, k, *shape).astype(np.float32))
+        condition, gain = coding.worst_case(coding.parity_coefficients(k, r))
+        per_code.append(
+            {
+                "k": k,
+                "r": r,
+                "encoder_macs_per_group": enc_macs,
+                "encoder_in_worker_queries": round(enc_macs / worker_macs, 4),
+                "encoder_us_per_group": round(enc_us, 1),
+                "extra_compute_macs": round((r * worker_macs + enc_macs) / (k * worker_macs), 4),
+                "extra_compute_measured": round((r * worker_us + enc_us) / (k * worker_us), 4),
+                "worst_condition_number": round(condition, 2),
+                "worst_error_gain": round(gain, 2),
+            }
+        )
     return {
         "dataset": model_dir.name,
         "worker_macs_per_query": worker_macs,
@@ -224,6 +312,7 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
         "onnxruntime_threads": 1,
         "batch": batch,
         "per_k": per_k,
+        "per_code": per_code,
     }
 
 
@@ -261,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = command_line()
     write_json(args.out, records)
-    write_json(Path(args.out).with_suffix(".meta.json"), {"command": command, "n_records": len(records)})
+    meta = {"command": command, "n_records": len(records), "metrics": METRICS}
+    write_json(Path(args.out).with_suffix(".meta.json"), meta)
     write_json(args.overhead_out, {"command": command, "datasets": overheads})
     for ds in datasets:
         record_metrics(
@@ -272,9 +362,12 @@ def main(argv: list[str] | None = None) -> int:
         md = Path(args.results_md)
         replace_block(md, TABLE_BEGIN, TABLE_END, accuracy_table(records), command)
         replace_block(md, OVERHEAD_BEGIN, OVERHEAD_END, overhead_table(overheads), command)
+        replace_block(md, PARITY_BEGIN, PARITY_END, parity_table(records, overheads), command)
     print(accuracy_table(records))
     print()
     print(overhead_table(overheads))
+    print()
+    print(parity_table(records, overheads))
     return 0
 
 

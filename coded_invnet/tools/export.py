@@ -24,6 +24,7 @@ from coded_invnet.models.encoder import MeanEncoder
 from coded_invnet.models.invresnet import to_plain
 
 OPSET = 17
+MANIFEST_META = ("val_accuracy", "val_recovery", "k", "parities", "loss", "mixup")  # copied from checkpoints
 
 
 def export_module(
@@ -61,7 +62,7 @@ def export_dataset(model_dir: Path) -> dict[str, Any]:
         files[path.name] = {
             "source": ckpt_path.name,
             "command": meta.get("command"),
-            **{k: meta[k] for k in ("val_accuracy", "val_recovery", "k", "loss", "mixup") if k in meta},
+            **{k: meta[k] for k in MANIFEST_META if k in meta},
             **extra,
         }
 
@@ -72,8 +73,10 @@ def export_dataset(model_dir: Path) -> dict[str, Any]:
     for ckpt_path in sorted(model_dir.glob("encoder_k*.pt")):
         enc = load_encoder(ckpt_path)
         xs = torch.rand(2, enc.spec.k, *shape)
-        out = export_module(enc, xs, ckpt_path.with_suffix(".onnx"), "x", ["parity"])
+        out = export_module(enc, xs, ckpt_path.with_suffix(".onnx"), "x", ["parity"])  # (B, [r,] C, H, W)
         record(out, ckpt_path, kind="encoder")
+        if enc.spec.parities > 1:
+            continue  # ParM's mean encoder is exported once per k, beside the one-parity F_k
         mean_out = export_module(
             MeanEncoder(), xs, model_dir / f"parm_encoder_k{enc.spec.k}.onnx", "x", ["parity"]
         )

@@ -10,6 +10,7 @@ from coded_invnet.coding import SHIPPED_KS
 
 TABLE_BEGIN, TABLE_END = "<!-- accuracy-table:begin -->", "<!-- accuracy-table:end -->"
 OVERHEAD_BEGIN, OVERHEAD_END = "<!-- overhead-table:begin -->", "<!-- overhead-table:end -->"
+PARITY_BEGIN, PARITY_END = "<!-- parity-table:begin -->", "<!-- parity-table:end -->"
 
 
 def plot(records: list[dict[str, Any]], path: Path) -> None:
@@ -23,7 +24,8 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
     for ax, ds in zip(axes[0], datasets, strict=True):
         for method, style in (("coded-invnet", "o-"), ("parm", "s--"), ("coded-invnet-pixel-mean", "^:")):
             rows = sorted(
-                (r for r in records if r["dataset"] == ds and r["method"] == method), key=lambda r: r["k"]
+                (r for r in records if r["dataset"] == ds and r["method"] == method and r["r"] == 1),
+                key=lambda r: r["k"],
             )
             if rows:
                 ax.plot([r["k"] for r in rows], [r["degraded_accuracy"] for r in rows], style, label=method)
@@ -44,11 +46,12 @@ def plot(records: list[dict[str, Any]], path: Path) -> None:
 
 
 def accuracy_table(records: list[dict[str, Any]]) -> str:
+    """The one-parity records (r = 1); parity_table has those with r parities."""
     lines = [
-        "| data set | k | method | normal | degraded | recovery | queries |",
+        "| data set | k | method | normal | true-label accuracy | agreement with the base model | queries |",
         "|---|---|---|---|---|---|---|",
     ]
-    for r in records:
+    for r in (r for r in records if r.get("r", 1) == 1):  # records written before r parities have no r
         lines.append(
             f"| {r['dataset']} | {r['k']} | {r['method']} | {r['normal_accuracy']:.4f} | "
             f"{r['degraded_accuracy']:.4f} | {r['recovery_accuracy']:.4f} | {r['n_queries']} |"
@@ -76,6 +79,40 @@ def overhead_table(overheads: list[dict[str, Any]]) -> str:
                 f"{p['extra_compute_measured']:.1%}",
             ]
             lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines)
+
+
+def parity_table(records: list[dict[str, Any]], overheads: list[dict[str, Any]]) -> str:
+    """coded-invnet with r parity workers and ``missing`` members missing at once, beside its cost."""
+    codes = {(o["dataset"], c["k"], c["r"]): c for o in overheads for c in o["per_code"]}
+    rows = [
+        r
+        for r in records
+        if r["method"] == "coded-invnet" and (r["r"] > 1 or (r["dataset"], r["k"], 2) in codes)
+    ]
+    lines = [
+        "| data set | k | r | missing | true-label accuracy | agreement with the base model | decoded "
+        "| F MACs/group | F in worker queries | extra compute (MACs) | extra compute (measured) "
+        "| worst condition number | worst error gain |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["dataset"] != "mnist", -r["k"], r["r"], r["missing"])):
+        c = codes.get((r["dataset"], r["k"], r["r"]))
+        cost = (
+            ["—"] * 6
+            if c is None
+            else [
+                f"{c['encoder_macs_per_group']:,}",
+                f"{c['encoder_in_worker_queries']:.2f}",
+                f"{c['extra_compute_macs']:.1%}",
+                f"{c['extra_compute_measured']:.1%}",
+                f"{c['worst_condition_number']:.1f}",
+                f"{c['worst_error_gain']:.1f}",
+            ]
+        )
+        cells = [r["dataset"], r["k"], r["r"], r["missing"], f"{r['degraded_accuracy']:.4f}"]
+        cells += [f"{r['recovery_accuracy']:.4f}", r["n_queries"], *cost]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines)
 
 

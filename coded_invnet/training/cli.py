@@ -13,7 +13,7 @@ from coded_invnet.checkpoint import ModelFileError
 from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, load_dataset
 from coded_invnet.models.classifier import ClassifierSpec
 from coded_invnet.training.classifier import train_base
-from coded_invnet.training.encoder import ENCODER_LOSSES, train_encoder
+from coded_invnet.training.encoder import ENCODER_LOSSES, train_encoder, train_parity_encoders
 from coded_invnet.training.jobs import run_all
 from coded_invnet.training.loop import RunConfig, pick_device
 from coded_invnet.training.parm import train_parm
@@ -36,6 +36,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", default=",".join(SHIPPED_DATASETS), help="for 'all'")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--loss", default=ENCODER_LOSSES[0], choices=ENCODER_LOSSES)
+    p.add_argument(
+        "--parities", type=int, default=1, help="encoder: r parities (r ≥ 2: fine-tuned from encoder_k{k}.pt)"
+    )
     p.add_argument("--no-mixup", action="store_true")
     p.add_argument("--mixup-share", type=float, default=None, help="share of mixup batches (base)")
     p.add_argument(
@@ -109,12 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         device=pick_device(),
     )
     base = Path(args.base) if args.base else cfg.models_dir / args.dataset / "classifier.pt"
-    name = args.name or f"{args.what}_k{args.k}"
+    name = args.name or f"{args.what}_k{args.k}" + (f"_r{args.parities}" if args.parities > 1 else "")
     try:
         if args.what == "all":
             run_all(cfg, datasets, not args.no_ablations, args.only, args.coeff)
         elif args.what == "base":
             _train_base(args, cfg)
+        elif args.what == "encoder" and args.parities > 1:
+            init = cfg.models_dir / args.dataset / f"encoder_k{args.k}.pt"
+            train_parity_encoders(cfg, load_dataset(args.dataset), base, init, args.k, args.parities, name)
         elif args.what == "encoder":
             train_encoder(cfg, load_dataset(args.dataset), base, args.k, args.loss, name)
         else:

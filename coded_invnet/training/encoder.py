@@ -1,15 +1,18 @@
-"""The Coded-InvNet encoders F_k, trained with the classifier g, h frozen."""
+"""The Coded-InvNet encoders F_k (one parity, and r parities fine-tuned from it), trained with g, h frozen."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from coded_invnet import coding
+from coded_invnet.checkpoint import load_encoder
 from coded_invnet.data import Dataset
+from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
 from coded_invnet.training.groups import group_training
 from coded_invnet.training.loop import RunConfig, Stateful, epoch_loop, write_model
@@ -17,6 +20,7 @@ from coded_invnet.training.losses import decoded_agreement
 
 ENCODER_LOSSES = ("decoded+latent", "latent", "gan")
 GAN_WEIGHT = 0.01  # weight of the critic's term in the 'gan' loss
+SETS_PER_SIZE = 4  # r-parity encoders: random missing sets of each size 1..r in every step's loss
 
 
 class Critic(nn.Module):
@@ -32,6 +36,14 @@ class Critic(nn.Module):
         return self.net(z).squeeze(-1)
 
 
+@torch.no_grad()
+def base_targets(base: InvNetClassifier, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(z (B, k, D), base softmax (k, B, classes)) of groups (B, k, C, H, W): what parities are fit to."""
+    b, k = groups.shape[:2]
+    logits, z = base(groups.flatten(0, 1))  # (B·k, classes), (B·k, D)
+    return z.reshape(b, k, -1), logits.reshape(b, k, -1).softmax(-1).transpose(0, 1)
+
+
 def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_kind: str, name: str) -> Path:
     """Train F_k with g, h frozen. Losses:
     - decoded+latent: KL(h(ẑ_j) ‖ base softmax) over every missing j, plus L1(g(F(x)) − mean z);
@@ -41,7 +53,7 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
     assert loss_kind in ENCODER_LOSSES, f"loss must be one of {ENCODER_LOSSES}"
     torch.manual_seed(cfg.seed + k)
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k)
-    base, bs = run.base, run.groups_per_step
+    base = run.base
     spec = EncoderSpec(image_shape=base.spec.image_shape, k=k)
     enc = FusionEncoder(spec).to(cfg.device)
     critic = Critic(base.g.latent_dim).to(cfg.device) if loss_kind == "gan" else None
@@ -49,10 +61,7 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
 
     def step(epoch: int, i: int) -> torch.Tensor:
         groups = run.sample()  # (B, k, C, H, W)
-        with torch.no_grad():
-            logits, z = base(groups.flatten(0, 1))  # (B·k, classes), (B·k, D)
-            z = z.reshape(bs, k, -1)  # (B, k, D)
-            target_prob = logits.reshape(bs, k, -1).softmax(-1).transpose(0, 1)  # (k, B, classes)
+        z, target_prob = base_targets(base, groups)  # (B, k, D), (k, B, classes)
         z_p = base.g(enc(groups))  # (B, D), gradient flows through frozen g into F
         latent_loss = (z_p - z.mean(1)).abs().mean()
         if loss_kind == "latent":
@@ -89,3 +98,67 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
         val_recovery=score,
         history=history,
     )
+
+
+def missing_sets(k: int, r: int, count: int, rng: np.random.Generator) -> list[tuple[list[int], list[int]]]:
+    """``count`` random (missing members S, parities P) pairs of every size |S| = |P| in 1..r."""
+    return [
+        (sorted(rng.choice(k, s, replace=False).tolist()), sorted(rng.choice(r, s, replace=False).tolist()))
+        for s in range(1, r + 1)
+        for _ in range(count)
+    ]
+
+
+def train_parity_encoders(
+    cfg: RunConfig, data: Dataset, base_path: Path, init_path: Path, k: int, r: int, name: str
+) -> Path:
+    """Train F_k with r parities, fine-tuned from the one-parity encoder at ``init_path`` (its parity 0),
+    g, h frozen. Loss: KL(h(ẑ_S) ‖ base softmax) over SETS_PER_SIZE random missing sets S of each size
+    1..r decoded from random parities (coding.decode_set), plus L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of
+    every parity m."""
+    torch.manual_seed(cfg.seed + k + 100 * r)
+    rng = np.random.default_rng(cfg.seed + 31 * k + r)
+    run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k + r)
+    base = run.base
+    spec = EncoderSpec(image_shape=base.spec.image_shape, k=k, parities=r)
+    enc = FusionEncoder(spec).to(cfg.device)
+    # parity 0 from the one-parity encoder; the others start at their pixel combination Σ_i A[m, i] x_i
+    enc.load_state_dict(load_encoder(init_path).state_dict(), strict=False)
+    a = coding.parity_coefficients(k, r)  # (r, k)
+    a_t = torch.as_tensor(a, dtype=torch.float32, device=cfg.device)
+    val_sets = missing_sets(k, r, 3, np.random.default_rng(cfg.seed))
+
+    def latents(groups: torch.Tensor) -> torch.Tensor:
+        return base.g(enc(groups).flatten(0, 1)).unflatten(0, (len(groups), r))  # (B, r, D)
+
+    def step(epoch: int, i: int) -> torch.Tensor:
+        groups = run.sample()  # (B, k, C, H, W)
+        z, target_prob = base_targets(base, groups)  # (B, k, D), (k, B, classes)
+        z_p = latents(groups)  # (B, r, D), gradient flows through frozen g into F
+        loss = (z_p - a_t @ z).abs().mean()
+        members = z.transpose(0, 1)  # (k, B, D)
+        sets = missing_sets(k, r, SETS_PER_SIZE, rng)  # h is cheap next to g: many sets per step
+        for missing, rows in sets:
+            decoded = coding.decode_set(a, rows, z_p[:, rows].transpose(0, 1), members, missing)  # (s, B, D)
+            log_q = base.h(decoded).log_softmax(-1)  # (s, B, classes)
+            p = target_prob[missing]  # (s, B, classes)
+            loss = loss + (p * (p.clamp_min(1e-8).log() - log_q)).sum(-1).mean() / len(sets)
+        return loss
+
+    @torch.no_grad()
+    def validate() -> float:
+        """Agreement with the base model of the members decoded, over fixed sets of every size."""
+        agree = []
+        for chunk in run.val_groups.split(250):
+            logits, z = base(chunk.flatten(0, 1))  # (G·k, classes), (G·k, D)
+            target = logits.argmax(-1).reshape(len(chunk), k).T  # (k, G)
+            members = z.reshape(len(chunk), k, -1).transpose(0, 1)  # (k, G, D)
+            z_p = latents(chunk)  # (G, r, D)
+            for missing, rows in val_sets:
+                decoded = coding.decode_set(a, rows, z_p[:, rows].transpose(0, 1), members, missing)
+                agree.append((base.h(decoded).argmax(-1) == target[missing]).float().mean().item())
+        return float(np.mean(agree))
+
+    best, score, history = epoch_loop(name, cfg, enc, step, run.steps, validate)
+    meta = {"spec": spec.to_json(), "k": k, "parities": r, "base": base_path.name, "init": init_path.name}
+    return write_model(cfg, name, "encoder", best, val_recovery=score, history=history, **meta)

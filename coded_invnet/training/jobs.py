@@ -7,16 +7,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from coded_invnet.coding import SHIPPED_KS
+from coded_invnet.coding import SHIPPED_KS, SHIPPED_PARITY_CODES
 from coded_invnet.data import Dataset, load_dataset
 from coded_invnet.training.classifier import train_base
-from coded_invnet.training.encoder import train_encoder
+from coded_invnet.training.encoder import train_encoder, train_parity_encoders
 from coded_invnet.training.loop import RunConfig
 from coded_invnet.training.parm import train_parm
 from coded_invnet.training.recipe import (
     BASE_EPOCH_SCALE,
     DATASET_CODING_AWARE,
     ENCODER_EPOCH_SCALE,
+    PARITY_EPOCH_SCALE,
     PARM_EPOCH_SCALE,
     SMALL_K_EPOCH_SCALE,
     base_spec,
@@ -37,6 +38,7 @@ class Job:
     base: str = "classifier"
     epoch_scale: float = 1.0
     coding_aware: float = 0.0  # base: β of the joint decoding loss
+    parities: int = 1  # encoder: r; with r ≥ 2 it is fine-tuned from encoder_k{k}
 
 
 def plan(datasets: tuple[str, ...], ablations: bool) -> list[Job]:
@@ -51,6 +53,9 @@ def plan(datasets: tuple[str, ...], ablations: bool) -> list[Job]:
             parm_scale = PARM_EPOCH_SCALE if k >= 10 else SMALL_K_EPOCH_SCALE
             jobs.append(Job(ds, f"encoder_k{k}", "encoder", k, epoch_scale=encoder_scale))
             jobs.append(Job(ds, f"parm_k{k}", "parm", k, epoch_scale=parm_scale))
+        for k, r in SHIPPED_PARITY_CODES:
+            name, scale = f"encoder_k{k}_r{r}", PARITY_EPOCH_SCALE
+            jobs.append(Job(ds, name, "encoder", k, epoch_scale=scale, parities=r))
         if not ablations:
             continue
         jobs.append(Job(ds, "classifier_nomixup", "base", mixup=False, coding_aware=coding_aware))
@@ -71,6 +76,9 @@ def run_job(cfg: RunConfig, job: Job, data: Dataset, coeff: float | None = None)
         spec = base_spec(job.dataset, coeff=coeff)
         mixup_share = mixup_share_for(job.dataset, job.mixup)
         return train_base(c, data, spec, mixup_share, job.name, coding_aware=job.coding_aware)
+    if job.kind == "encoder" and job.parities > 1:
+        init = c.models_dir / job.dataset / f"encoder_k{job.k}.pt"
+        return train_parity_encoders(c, data, base, init, job.k, job.parities, job.name)
     if job.kind == "encoder":
         return train_encoder(c, data, base, job.k, job.loss, job.name)
     return train_parm(c, data, base, job.k, job.name)

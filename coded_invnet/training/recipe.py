@@ -14,6 +14,7 @@ from coded_invnet.models.classifier import ClassifierSpec
 DEFAULT_EPOCHS = 15  # the base classifier's epochs; other models scale from it
 ENCODER_EPOCH_SCALE = 0.5  # encoders/ParM train for a fraction of the base epochs
 PARM_EPOCH_SCALE = 0.25
+PARITY_EPOCH_SCALE = 0.2  # r-parity encoders: fine-tuned from encoder_k{k}
 SMALL_K_EPOCH_SCALE = 0.2  # k <= 4 converges within a few epochs (both F_k and ParM)
 # Where the plain Manifold-Mixup body decodes poorly at k=10 (MNIST: 45% with the pixel-mean parity), the
 # shipped classifier is trained coding-aware from the start with this weight β of the decoding loss.

@@ -166,6 +166,43 @@ def test_untrained_encoder_is_the_pixel_mean() -> None:
         assert torch.allclose(FusionEncoder(EncoderSpec(k=10))(x), x.mean(1), atol=1e-6)
 
 
+@pytest.mark.parametrize(("k", "r"), [(4, 2), (10, 2), (4, 3), (10, 3)])
+def test_parity_encoder_shapes_and_start(k: int, r: int) -> None:
+    """With r parities: (B, r, C, H, W), untrained each parity is its pixel combination Σ_i A[m, i] x_i,
+    and parity 0 is exactly the one-parity encoder whose weights it loads."""
+    x = torch.rand(3, k, 1, 28, 28)
+    enc = FusionEncoder(EncoderSpec(k=k, parities=r))
+    a = torch.as_tensor(coding.parity_coefficients(k, r), dtype=torch.float32)
+    one = FusionEncoder(EncoderSpec(k=k))
+    with torch.no_grad():
+        assert torch.allclose(enc(x), torch.einsum("mk,bkchw->bmchw", a, x), atol=1e-6)
+        for p in one.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        result = enc.load_state_dict(one.state_dict(), strict=False)
+        assert not result.unexpected_keys and all(key.startswith("extra.") for key in result.missing_keys)
+        out = enc(x)
+        assert out.shape == (3, r, 1, 28, 28)
+        assert torch.allclose(out[:, 0], one(x), atol=1e-5)
+    shipped = count_macs(FusionEncoder(EncoderSpec(k=k)), torch.rand(1, k, 1, 28, 28))
+    worker = count_macs(InvNetClassifier(ClassifierSpec()), torch.rand(1, 1, 28, 28))
+    assert count_macs(enc, torch.rand(1, k, 1, 28, 28)) <= shipped + 0.07 * (r - 1) * worker
+
+
+def test_one_parity_encoder_is_unchanged() -> None:
+    """r = 1 (the default) keeps the shipped encoders' state-dict keys and (B, C, H, W) output."""
+    enc = FusionEncoder(EncoderSpec(k=4))
+    keys = {
+        "branch.0.weight",
+        "branch.0.bias",
+        "fuse.0.weight",
+        "fuse.0.bias",
+        "fuse.2.weight",
+        "fuse.2.bias",
+    }
+    assert set(enc.state_dict()) == keys
+    assert enc(torch.rand(2, 4, 1, 28, 28)).shape == (2, 1, 28, 28)
+
+
 def test_encoder_rejects_wrong_group_size() -> None:
     with pytest.raises(AssertionError, match="expected"):
         FusionEncoder(EncoderSpec(k=4))(torch.rand(2, 3, 1, 28, 28))
@@ -244,6 +281,7 @@ def test_onnx_matches_torch_on_real_inputs(smoke_models: Path, mnist_images: tor
             "worker.onnx": (x, [logits, z]),
             "head.onnx": (z, [logits]),
             "encoder_k2.onnx": (groups, [load_encoder(smoke_models / "encoder_k2.pt")(groups)]),
+            "encoder_k2_r2.onnx": (groups, [load_encoder(smoke_models / "encoder_k2_r2.pt")(groups)]),
             "parm_encoder_k2.onnx": (groups, [groups.mean(1)]),
             "parm_k2.onnx": (groups.mean(1), [load_parm(smoke_models / "parm_k2.pt")(groups.mean(1))]),
         }

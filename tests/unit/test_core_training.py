@@ -26,6 +26,7 @@ REPO = REPO_ROOT
 def test_smoke_training_writes_loadable_models(smoke_models: Path) -> None:
     model = load_classifier(smoke_models / "classifier.pt")
     assert load_checkpoint(smoke_models / "encoder_k2.pt", "encoder")["k"] == 2
+    assert load_checkpoint(smoke_models / "encoder_k2_r2.pt", "encoder")["parities"] == 2
     assert load_checkpoint(smoke_models / "parm_k2.pt", "parm")["encoder"] == "mean"
     images = torch.from_numpy(load_dataset("mnist").test.images[:500])
     labels = load_dataset("mnist").test.labels[:500]
@@ -76,6 +77,8 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
         "dataset",
         "k",
         "method",
+        "r",
+        "missing",
         "normal_accuracy",
         "degraded_accuracy",
         "recovery_accuracy",
@@ -87,6 +90,12 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
     assert by_method[("coded-invnet", 2)]["n_queries"] == 200
     assert by_method[("coded-invnet", 2)]["recovery_accuracy"] > 0.5
     assert ("parm", 2) in by_method
+    coded = {(r["r"], r["missing"]): r for r in records if r["method"] == "coded-invnet"}
+    assert set(coded) == {(1, 1), (2, 1), (2, 2)}
+    assert coded[2, 2]["n_queries"] == 200  # k = 2, both members missing: each query decoded once
+    assert coded[2, 1]["n_queries"] == 400  # one missing, from either parity: each query twice
+    assert json.loads((tmp_path / "acc.meta.json").read_text())["metrics"] == evaluate.METRICS
+    assert report.PARITY_BEGIN in (tmp_path / "R.md").read_text()
     assert (tmp_path / "p.png").stat().st_size > 0
     assert report.TABLE_BEGIN in (tmp_path / "R.md").read_text()
 
