@@ -27,13 +27,20 @@ import torch
 from tqdm import tqdm
 
 from coded_invnet import coding
-from coded_invnet.checkpoint import ModelFileError, load_classifier, load_encoder, load_parm, write_json
+from coded_invnet.checkpoint import (
+    ModelFileError,
+    load_checkpoint,
+    load_classifier,
+    load_encoder,
+    load_parm,
+    write_json,
+)
 from coded_invnet.coding import SHIPPED_KS
 from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, Dataset, load_dataset
 from coded_invnet.flops import count_macs
 from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import FusionEncoder, MeanEncoder
-from coded_invnet.models.parm import ParityModel
+from coded_invnet.models.parm import arch_of
 from coded_invnet.tools.report import (
     OVERHEAD_BEGIN,
     OVERHEAD_END,
@@ -55,6 +62,11 @@ CODED_METHODS: dict[str, tuple[str, str]] = {
     "coded-invnet-pixel-mean": ("classifier", "mean"),
     "coded-invnet-oracle-inverse": ("classifier", "oracle"),
 }
+
+
+# ParM method name → its parity model file: the shipped (unconstrained CNN) one, and the base
+# architecture with its spectral norm
+PARM_METHODS = {"parm": "parm_k{k}", "parm-sn": "parm_sn_k{k}"}
 
 
 def command_line() -> str:
@@ -99,7 +111,7 @@ def parity_for(
     return lambda b: base.g(encoder(b))
 
 
-def parm_parity(parm: ParityModel) -> Callable[[torch.Tensor], torch.Tensor]:
+def parm_parity(parm: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     average = MeanEncoder()  # ParM's encoder
     return lambda groups: parm(average(groups))
 
@@ -141,15 +153,15 @@ def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[
             }
         )
 
-    jobs = [(k, m) for k in SHIPPED_KS for m in ("none", "parm", *CODED_METHODS)]
+    jobs = [(k, m) for k in SHIPPED_KS for m in ("none", *PARM_METHODS, *CODED_METHODS)]
     for k, method in tqdm(jobs, desc=f"evaluate {data.name}", leave=False):
         groups = groups_of(len(test), k)
         if method == "none":
             add(method, k, base_named("classifier")[1], None, groups)
             continue
-        if method == "parm":
+        if method in PARM_METHODS:
             base, base_preds = base_named("classifier")
-            path = model_dir / f"parm_k{k}.pt"
+            path = model_dir / f"{PARM_METHODS[method].format(k=k)}.pt"
             if not path.is_file():
                 continue
             parm = load_parm(path)
@@ -204,6 +216,15 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
         enc: FusionEncoder = load_encoder(path)
         enc_macs = count_macs(enc, torch.rand(1, k, *shape))
         enc_us = time_onnx(path.with_suffix(".onnx"), np.random.rand(batch, k, *shape).astype(np.float32))
+        parm_path = model_dir / f"parm_k{k}.pt"
+        parm = {}
+        if parm_path.is_file() and parm_path.with_suffix(".onnx").is_file():
+            parm_x = np.random.rand(batch, *shape).astype(np.float32)
+            parm = {  # ParM's parity worker: one query of its parity model a group
+                "parm_arch": arch_of(load_checkpoint(parm_path, "parm")["spec"]),
+                "parm_macs_per_group": count_macs(load_parm(parm_path), torch.rand(1, *shape)),
+                "parm_us_per_group": round(time_onnx(parm_path.with_suffix(".onnx"), parm_x), 1),
+            }
         per_k.append(
             {
                 "k": k,
@@ -212,6 +233,7 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
                 "encoder_us_per_group": round(enc_us, 1),
                 "extra_compute_macs": round((worker_macs + enc_macs) / (k * worker_macs), 4),
                 "extra_compute_measured": round((worker_us + enc_us) / (k * worker_us), 4),
+                **parm,
             }
         )
     return {
