@@ -8,7 +8,8 @@ position in turn is the missing one, so every test query is recovered exactly on
 - degraded: accuracy (against true labels) of the predictions given for queries whose worker is missing;
 - recovery: agreement of those with the base model's own prediction;
 - "none" (no coding) has no answer for a missing worker and scores 0.
-Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head), the plot
+Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head, ParM's parity
+model), results/parm_fit.json (ParM's decoding error against the base's logit margin), the plot
 docs/accuracy_vs_k.png, and the table between the markers in docs/RESULTS.md.
 """
 
@@ -102,6 +103,28 @@ def decoded_predictions(
     return np.concatenate(preds)
 
 
+@torch.no_grad()
+def parm_fit(
+    base: InvNetClassifier, images: torch.Tensor, groups: np.ndarray, parm: torch.nn.Module, chunk: int = 200
+) -> dict[str, float]:
+    """How far ParM's decoded logits are from the base's (every member missing in turn): the decoding
+    error k·(P(mean x) − mean f(x)) against the base's own top-1 − top-2 logit margin, which an error
+    must stay under (roughly) for the decoded prediction to agree."""
+    errors, margins = [], []
+    for start in range(0, len(groups), chunk):
+        batch = images[torch.from_numpy(groups[start : start + chunk])]  # (G, k, C, H, W)
+        logits = base(batch.flatten(0, 1))[0].unflatten(0, batch.shape[:2])  # (G, k, classes)
+        error = batch.shape[1] * (parm(batch.mean(1)) - logits.mean(1))  # (G, classes), the same for all
+        errors.append(error.norm(dim=-1))
+        top2 = logits.topk(2, dim=-1).values  # (G, k, 2)
+        margins.append((top2[..., 0] - top2[..., 1]).flatten())
+    error_norm, margin = torch.cat(errors), torch.cat(margins)
+    return {
+        "decode_error_l2_median": round(error_norm.median().item(), 3),
+        "base_margin_median": round(margin.median().item(), 3),
+    }
+
+
 def parity_for(
     base: InvNetClassifier, source: str, model_dir: Path, k: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -116,7 +139,10 @@ def parm_parity(parm: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
     return lambda groups: parm(average(groups))
 
 
-def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[dict[str, Any]]:
+def evaluate_dataset(
+    data: Dataset, model_dir: Path, limit: int | None, fits: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The accuracy records of every model found; ``fits`` collects ParM's parm_fit per k."""
     test = data.test.take(limit) if limit else data.test
     images, labels = torch.from_numpy(test.images), test.labels
     records: list[dict[str, Any]] = []
@@ -167,6 +193,9 @@ def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[
             parm = load_parm(path)
             decoded = decoded_predictions(base, images, groups, parm_parity(parm), latent=False)
             add(method, k, base_preds, decoded, groups)
+            if fits is not None:
+                fit = parm_fit(base, images, groups, parm)
+                fits.append({"dataset": data.name, "k": k, "method": method, **fit})
             continue
         base_name, source = CODED_METHODS[method]
         source = source.format(k=k)
@@ -255,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="results/accuracy.json")
     parser.add_argument("--overhead-out", default="results/overhead.json")
+    parser.add_argument("--parm-fit-out", default="results/parm_fit.json")
     parser.add_argument("--datasets", default=",".join(SHIPPED_DATASETS))
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images only")
@@ -271,12 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     records: list[dict[str, Any]] = []
     overheads = []
+    fits: list[dict[str, Any]] = []
     try:
         for ds in datasets:
             model_dir = Path(args.models_dir) / ds
             if not (model_dir / "classifier.pt").is_file():
                 raise ModelFileError(f"{model_dir / 'classifier.pt'} not found (run `make train`)")
-            records += evaluate_dataset(load_dataset(ds), model_dir, args.limit)
+            records += evaluate_dataset(load_dataset(ds), model_dir, args.limit, fits)
             overheads.append(measure_overhead(model_dir))
     except (DataError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -285,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(args.out, records)
     write_json(Path(args.out).with_suffix(".meta.json"), {"command": command, "n_records": len(records)})
     write_json(args.overhead_out, {"command": command, "datasets": overheads})
+    write_json(args.parm_fit_out, {"command": command, "records": fits})
     for ds in datasets:
         record_metrics(
             Path(args.models_dir) / ds / "manifest.json", [r for r in records if r["dataset"] == ds], command

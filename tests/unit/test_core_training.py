@@ -68,6 +68,7 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
     code = evaluate.main(
         ["--datasets", "mnist", "--models-dir", str(models), "--limit", "200", "--out", str(out)]
         + ["--overhead-out", str(tmp_path / "o.json"), "--plot", str(tmp_path / "p.png")]
+        + ["--parm-fit-out", str(tmp_path / "fit.json")]
         + ["--results-md", str(tmp_path / "R.md")]
     )
     assert code == 0
