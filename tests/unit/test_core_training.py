@@ -88,6 +88,9 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
     assert by_method[("coded-invnet", 2)]["n_queries"] == 200
     assert by_method[("coded-invnet", 2)]["recovery_accuracy"] > 0.5
     assert ("parm", 2) in by_method
+    fits = json.loads((tmp_path / "fit.json").read_text())["records"]
+    assert [(f["method"], f["k"]) for f in fits] == [("parm", 2)]  # the smoke run has no parm_sn
+    assert fits[0]["decode_error_l2_median"] > 0 and fits[0]["base_margin_median"] > 0
     assert (tmp_path / "p.png").stat().st_size > 0
     assert report.TABLE_BEGIN in (tmp_path / "R.md").read_text()
 
