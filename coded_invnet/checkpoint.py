@@ -16,7 +16,7 @@ import torch
 
 from coded_invnet.models.classifier import ClassifierSpec, InvNetClassifier
 from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
-from coded_invnet.models.parm import ParityModel
+from coded_invnet.models.parm import parity_network
 
 
 class ModelFileError(Exception):
@@ -68,9 +68,10 @@ def load_encoder(path: str | os.PathLike[str]) -> FusionEncoder:
     return encoder.eval()
 
 
-def load_parm(path: str | os.PathLike[str]) -> ParityModel:
+def load_parm(path: str | os.PathLike[str]) -> torch.nn.Module:
+    """A ParM parity model of the architecture its spec names (models.parm.parity_network)."""
     ckpt = load_checkpoint(path, "parm")
-    model = ParityModel(ClassifierSpec.from_json(ckpt["spec"]))
+    model = parity_network(ckpt["spec"])
     model.load_state_dict(ckpt["state"])
     return model.eval()
 

@@ -12,8 +12,9 @@ Every record has ``r`` (parity workers) and ``missing`` (members missing at once
 (encoder_k{k}_r{r}.pt) and s missing, every set of s members of every group (or a balanced sample of
 them, see evaluated_sets) is missing in turn, decoded from every set of s of the r parities, so each
 test query is recovered equally often.
-Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head; per (k, r)
-the worst condition number and error gain of the code), the plot docs/accuracy_vs_k.png, and the
+Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head, ParM's parity
+model; per (k, r) the worst condition number and error gain of the code), results/parm_fit.json (ParM's
+decoding error against the base's logit margin), the plot docs/accuracy_vs_k.png, and the
 tables between the markers in docs/RESULTS.md.
 """
 
@@ -33,13 +34,20 @@ import torch
 from tqdm import tqdm
 
 from coded_invnet import coding
-from coded_invnet.checkpoint import ModelFileError, load_classifier, load_encoder, load_parm, write_json
+from coded_invnet.checkpoint import (
+    ModelFileError,
+    load_checkpoint,
+    load_classifier,
+    load_encoder,
+    load_parm,
+    write_json,
+)
 from coded_invnet.coding import SHIPPED_KS
 from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, Dataset, load_dataset
 from coded_invnet.flops import count_macs
 from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import FusionEncoder, MeanEncoder
-from coded_invnet.models.parm import ParityModel
+from coded_invnet.models.parm import arch_of
 from coded_invnet.tools.report import (
     OVERHEAD_BEGIN,
     OVERHEAD_END,
@@ -71,6 +79,11 @@ MAX_MISSING_SETS = 45  # every missing set up to this many per group (k = 10: ev
 MISSING_SET_ROUNDS = 4  # ... else k sets from each of this many random orders (k = 10, 3 missing: 40)
 # what the record fields measure, written beside the records (results/accuracy.meta.json)
 METRICS = {"degraded_accuracy": "true-label accuracy", "recovery_accuracy": "agreement with the base model"}
+
+
+# ParM method name → its parity model file: the shipped (unconstrained CNN) one, and the base
+# architecture with its spectral norm
+PARM_METHODS = {"parm": "parm_k{k}", "parm-sn": "parm_sn_k{k}"}
 
 
 def command_line() -> str:
@@ -141,6 +154,28 @@ def decoded_set_predictions(
     return np.concatenate(members), np.concatenate(preds)
 
 
+@torch.no_grad()
+def parm_fit(
+    base: InvNetClassifier, images: torch.Tensor, groups: np.ndarray, parm: torch.nn.Module, chunk: int = 200
+) -> dict[str, float]:
+    """How far ParM's decoded logits are from the base's (every member missing in turn): the decoding
+    error k·(P(mean x) − mean f(x)) against the base's own top-1 − top-2 logit margin, which an error
+    must stay under (roughly) for the decoded prediction to agree."""
+    errors, margins = [], []
+    for start in range(0, len(groups), chunk):
+        batch = images[torch.from_numpy(groups[start : start + chunk])]  # (G, k, C, H, W)
+        logits = base(batch.flatten(0, 1))[0].unflatten(0, batch.shape[:2])  # (G, k, classes)
+        error = batch.shape[1] * (parm(batch.mean(1)) - logits.mean(1))  # (G, classes), the same for all
+        errors.append(error.norm(dim=-1))
+        top2 = logits.topk(2, dim=-1).values  # (G, k, 2)
+        margins.append((top2[..., 0] - top2[..., 1]).flatten())
+    error_norm, margin = torch.cat(errors), torch.cat(margins)
+    return {
+        "decode_error_l2_median": round(error_norm.median().item(), 3),
+        "base_margin_median": round(margin.median().item(), 3),
+    }
+
+
 def parity_for(
     base: InvNetClassifier, source: str, model_dir: Path, k: int
 ) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -150,12 +185,15 @@ def parity_for(
     return lambda b: base.g(encoder(b))
 
 
-def parm_parity(parm: ParityModel) -> Callable[[torch.Tensor], torch.Tensor]:
+def parm_parity(parm: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     average = MeanEncoder()  # ParM's encoder
     return lambda groups: parm(average(groups))
 
 
-def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[dict[str, Any]]:
+def evaluate_dataset(
+    data: Dataset, model_dir: Path, limit: int | None, fits: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """The accuracy records of every model found; ``fits`` collects ParM's parm_fit per k."""
     test = data.test.take(limit) if limit else data.test
     images, labels = torch.from_numpy(test.images), test.labels
     records: list[dict[str, Any]] = []
@@ -200,20 +238,23 @@ def evaluate_dataset(data: Dataset, model_dir: Path, limit: int | None) -> list[
             }
         )
 
-    jobs = [(k, m) for k in SHIPPED_KS for m in ("none", "parm", *CODED_METHODS)]
+    jobs = [(k, m) for k in SHIPPED_KS for m in ("none", *PARM_METHODS, *CODED_METHODS)]
     for k, method in tqdm(jobs, desc=f"evaluate {data.name}", leave=False):
         groups = groups_of(len(test), k)
         if method == "none":
             add(method, k, base_named("classifier")[1], None, groups)
             continue
-        if method == "parm":
+        if method in PARM_METHODS:
             base, base_preds = base_named("classifier")
-            path = model_dir / f"parm_k{k}.pt"
+            path = model_dir / f"{PARM_METHODS[method].format(k=k)}.pt"
             if not path.is_file():
                 continue
             parm = load_parm(path)
             decoded = decoded_predictions(base, images, groups, parm_parity(parm), latent=False)
             add(method, k, base_preds, decoded, groups)
+            if fits is not None:
+                fit = parm_fit(base, images, groups, parm)
+                fits.append({"dataset": data.name, "k": k, "method": method, **fit})
             continue
         base_name, source = CODED_METHODS[method]
         source = source.format(k=k)
@@ -272,6 +313,15 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
         enc: FusionEncoder = load_encoder(path)
         enc_macs = count_macs(enc, torch.rand(1, k, *shape))
         enc_us = time_onnx(path.with_suffix(".onnx"), np.random.rand(batch, k, *shape).astype(np.float32))
+        parm_path = model_dir / f"parm_k{k}.pt"
+        parm = {}
+        if parm_path.is_file() and parm_path.with_suffix(".onnx").is_file():
+            parm_x = np.random.rand(batch, *shape).astype(np.float32)
+            parm = {  # ParM's parity worker: one query of its parity model a group
+                "parm_arch": arch_of(load_checkpoint(parm_path, "parm")["spec"]),
+                "parm_macs_per_group": count_macs(load_parm(parm_path), torch.rand(1, *shape)),
+                "parm_us_per_group": round(time_onnx(parm_path.with_suffix(".onnx"), parm_x), 1),
+            }
         per_k.append(
             {
                 "k": k,
@@ -280,6 +330,7 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
                 "encoder_us_per_group": round(enc_us, 1),
                 "extra_compute_macs": round((worker_macs + enc_macs) / (k * worker_macs), 4),
                 "extra_compute_measured": round((worker_us + enc_us) / (k * worker_us), 4),
+                **parm,
             }
         )
     per_code = []
@@ -322,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="results/accuracy.json")
     parser.add_argument("--overhead-out", default="results/overhead.json")
+    parser.add_argument("--parm-fit-out", default="results/parm_fit.json")
     parser.add_argument("--datasets", default=",".join(SHIPPED_DATASETS))
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images only")
@@ -338,12 +390,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     records: list[dict[str, Any]] = []
     overheads = []
+    fits: list[dict[str, Any]] = []
     try:
         for ds in datasets:
             model_dir = Path(args.models_dir) / ds
             if not (model_dir / "classifier.pt").is_file():
                 raise ModelFileError(f"{model_dir / 'classifier.pt'} not found (run `make train`)")
-            records += evaluate_dataset(load_dataset(ds), model_dir, args.limit)
+            records += evaluate_dataset(load_dataset(ds), model_dir, args.limit, fits)
             overheads.append(measure_overhead(model_dir))
     except (DataError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -353,6 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"command": command, "n_records": len(records), "metrics": METRICS}
     write_json(Path(args.out).with_suffix(".meta.json"), meta)
     write_json(args.overhead_out, {"command": command, "datasets": overheads})
+    write_json(args.parm_fit_out, {"command": command, "records": fits})
     for ds in datasets:
         record_metrics(
             Path(args.models_dir) / ds / "manifest.json", [r for r in records if r["dataset"] == ds], command

@@ -22,9 +22,12 @@ from torch import nn
 from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier, load_encoder, load_parm
 from coded_invnet.models.encoder import MeanEncoder
 from coded_invnet.models.invresnet import to_plain
+from coded_invnet.models.parm import arch_of
 
 OPSET = 17
-MANIFEST_META = ("val_accuracy", "val_recovery", "k", "parities", "loss", "mixup")  # copied from checkpoints
+MANIFEST_META = (  # copied from checkpoints into the manifest entry of each exported file
+    "val_accuracy", "val_recovery", "val_degraded_accuracy", "k", "parities", "loss", "mixup"
+)
 
 
 def export_module(
@@ -84,7 +87,8 @@ def export_dataset(model_dir: Path) -> dict[str, Any]:
     for ckpt_path in sorted(model_dir.glob("parm_k*.pt")):
         parm = load_parm(ckpt_path)
         out = export_module(parm, x1, ckpt_path.with_suffix(".onnx"), "x", ["logits"])
-        record(out, ckpt_path, kind="parm")
+        arch = arch_of(load_checkpoint(ckpt_path, "parm")["spec"])
+        record(out, ckpt_path, kind="parm", arch=arch)
     manifest_path = model_dir / "manifest.json"
     previous = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
     manifest = {

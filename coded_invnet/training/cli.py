@@ -12,14 +12,16 @@ from coded_invnet import training
 from coded_invnet.checkpoint import ModelFileError
 from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, load_dataset
 from coded_invnet.models.classifier import ClassifierSpec
+from coded_invnet.models.parm import PARM_ARCHS, SN_ARCH
 from coded_invnet.training.classifier import train_base
 from coded_invnet.training.encoder import ENCODER_LOSSES, train_encoder, train_parity_encoders
 from coded_invnet.training.jobs import run_all
 from coded_invnet.training.loop import RunConfig, pick_device
-from coded_invnet.training.parm import train_parm
+from coded_invnet.training.parm import train_parity_network, train_parm
 from coded_invnet.training.recipe import (
     DATASET_CODING_AWARE,
     DEFAULT_EPOCHS,
+    PARM_ARCH,
     augment_for,
     base_spec,
     mixup_share_for,
@@ -40,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
         "--parities", type=int, default=1, help="encoder: r parities (r ≥ 2: fine-tuned from encoder_k{k}.pt)"
     )
     p.add_argument("--no-mixup", action="store_true")
+    p.add_argument("--parm-arch", default=PARM_ARCH, choices=PARM_ARCHS, help="parm: the parity network")
     p.add_argument("--mixup-share", type=float, default=None, help="share of mixup batches (base)")
     p.add_argument(
         "--coding-aware",
@@ -123,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             train_parity_encoders(cfg, load_dataset(args.dataset), base, init, args.k, args.parities, name)
         elif args.what == "encoder":
             train_encoder(cfg, load_dataset(args.dataset), base, args.k, args.loss, name)
-        else:
+        elif args.parm_arch == SN_ARCH:
             train_parm(cfg, load_dataset(args.dataset), base, args.k, name)
+        else:
+            train_parity_network(cfg, load_dataset(args.dataset), base, args.k, name, args.parm_arch)
     except (DataError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

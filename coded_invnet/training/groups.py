@@ -13,10 +13,14 @@ from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.training.loop import RunConfig, tensors, train_split, val_split
 
 
+def sample_indices(n: int, k: int, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """(batch, k) indices into n items drawn at random (on the CPU, so ``gen`` decides them anywhere)."""
+    return torch.randint(0, n, (batch, k), generator=gen, device="cpu")
+
+
 def sample_groups(x: torch.Tensor, k: int, batch: int, gen: torch.Generator) -> torch.Tensor:
     """(batch, k, C, H, W) groups of k images of x (N, C, H, W) drawn at random."""
-    idx = torch.randint(0, len(x), (batch, k), generator=gen, device="cpu").to(x.device)
-    return x[idx]
+    return x[sample_indices(len(x), k, batch, gen).to(x.device)]
 
 
 def fixed_val_groups(x: torch.Tensor, k: int, count: int, seed: int) -> torch.Tensor:

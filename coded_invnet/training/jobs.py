@@ -12,13 +12,15 @@ from coded_invnet.data import Dataset, load_dataset
 from coded_invnet.training.classifier import train_base
 from coded_invnet.training.encoder import train_encoder, train_parity_encoders
 from coded_invnet.training.loop import RunConfig
-from coded_invnet.training.parm import train_parm
+from coded_invnet.training.parm import train_parity_network, train_parm
 from coded_invnet.training.recipe import (
     BASE_EPOCH_SCALE,
     DATASET_CODING_AWARE,
     ENCODER_EPOCH_SCALE,
     PARITY_EPOCH_SCALE,
     PARM_EPOCH_SCALE,
+    PARM_NET_EPOCH_SCALE,
+    PARM_NET_SMALL_K_EPOCH_SCALE,
     SMALL_K_EPOCH_SCALE,
     base_spec,
     mixup_share_for,
@@ -27,7 +29,7 @@ from coded_invnet.training.recipe import (
 
 @dataclass(frozen=True)
 class Job:
-    """One shipped model: ``kind`` is base | encoder | parm; ``base`` is what it builds on."""
+    """One shipped model: ``kind`` is base | encoder | parm | parm_sn; ``base`` is what it builds on."""
 
     dataset: str
     name: str
@@ -50,7 +52,7 @@ def plan(datasets: tuple[str, ...], ablations: bool) -> list[Job]:
         jobs.append(Job(ds, "classifier", "base", epoch_scale=base_scale, coding_aware=coding_aware))
         for k in sorted(SHIPPED_KS, reverse=True):
             encoder_scale = ENCODER_EPOCH_SCALE if k >= 10 else SMALL_K_EPOCH_SCALE
-            parm_scale = PARM_EPOCH_SCALE if k >= 10 else SMALL_K_EPOCH_SCALE
+            parm_scale = PARM_NET_EPOCH_SCALE if k >= 10 else PARM_NET_SMALL_K_EPOCH_SCALE
             jobs.append(Job(ds, f"encoder_k{k}", "encoder", k, epoch_scale=encoder_scale))
             jobs.append(Job(ds, f"parm_k{k}", "parm", k, epoch_scale=parm_scale))
         for k, r in SHIPPED_PARITY_CODES:
@@ -66,6 +68,8 @@ def plan(datasets: tuple[str, ...], ablations: bool) -> list[Job]:
             )
             jobs.append(Job(ds, f"encoder_latent_k{k}", "encoder", k, loss="latent", epoch_scale=half))
             jobs.append(Job(ds, f"encoder_gan_k{k}", "encoder", k, loss="gan", epoch_scale=half))
+            sn_scale = PARM_EPOCH_SCALE if k >= 10 else SMALL_K_EPOCH_SCALE
+            jobs.append(Job(ds, f"parm_sn_k{k}", "parm_sn", k, epoch_scale=sn_scale))
     return jobs
 
 
@@ -81,7 +85,9 @@ def run_job(cfg: RunConfig, job: Job, data: Dataset, coeff: float | None = None)
         return train_parity_encoders(c, data, base, init, job.k, job.parities, job.name)
     if job.kind == "encoder":
         return train_encoder(c, data, base, job.k, job.loss, job.name)
-    return train_parm(c, data, base, job.k, job.name)
+    if job.kind == "parm_sn":
+        return train_parm(c, data, base, job.k, job.name)
+    return train_parity_network(c, data, base, job.k, job.name)
 
 
 def run_all(

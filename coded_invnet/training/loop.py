@@ -56,6 +56,7 @@ def epoch_loop(
     validate: Callable[[], float],
     companions: dict[str, Stateful] | None = None,
     ema_decay: float | None = None,
+    patience: int | None = None,
 ) -> tuple[dict[str, Any], float, list[dict[str, float]]]:
     """Generic resumable loop over ``model``'s parameters: AdamW + cosine schedule with warm-up,
     best-on-validation selection.
@@ -63,7 +64,8 @@ def epoch_loop(
     ``step(epoch, i)`` returns the loss of one batch; ``validate()`` returns a score (higher is better).
     ``companions`` (e.g. a GAN critic and its optimiser, which ``step`` trains itself) are saved with the
     state and restored on resume. With ``ema_decay``, the weight average (WeightAverage) is what is
-    validated and returned.
+    validated and returned. With ``patience``, training stops early once that many epochs in a row have
+    not improved the best validation score.
     Returns (best state_dict, best score, history).
     """
     state_path = cfg.checkpoints_dir / cfg.dataset / f"{name}.state.pt"
@@ -98,6 +100,9 @@ def epoch_loop(
         )
         tqdm.write(f"[{name}] resuming at epoch {start_epoch} (best {best_score:.4f})")
     for epoch in range(start_epoch, cfg.epochs):
+        if patience is not None and _epochs_since_best(history) >= patience:
+            tqdm.write(f"[{name}] early stop after epoch {epoch}: no gain in {patience} epochs")
+            break
         model.train()
         t0, losses = time.time(), []
         bar = tqdm(range(steps_per_epoch), desc=f"{cfg.dataset} {name} {epoch + 1}/{cfg.epochs}", leave=False)
@@ -140,6 +145,11 @@ def epoch_loop(
         write_torch_file(state_path, state)
     assert best_state is not None, f"{name}: no epoch was run (epochs={cfg.epochs})"
     return best_state, best_score, history
+
+
+def _epochs_since_best(history: list[dict[str, float]]) -> int:
+    scores = [h["val"] for h in history]
+    return len(scores) - 1 - int(np.argmax(scores)) if scores else 0
 
 
 def write_model(cfg: RunConfig, name: str, kind: str, best: dict[str, torch.Tensor], **meta: Any) -> Path:

@@ -13,9 +13,17 @@ from coded_invnet.models.classifier import ClassifierSpec
 
 DEFAULT_EPOCHS = 15  # the base classifier's epochs; other models scale from it
 ENCODER_EPOCH_SCALE = 0.5  # encoders/ParM train for a fraction of the base epochs
-PARM_EPOCH_SCALE = 0.25
+PARM_EPOCH_SCALE = 0.25  # the spectrally-normalised ParM (parm_sn_k*)
 PARITY_EPOCH_SCALE = 0.2  # r-parity encoders: fine-tuned from encoder_k{k}
 SMALL_K_EPOCH_SCALE = 0.2  # k <= 4 converges within a few epochs (both F_k and ParM)
+# ParM's shipped parity network (models.parm_cnn) trains on cached base logits until validation stops
+# improving: at most 10 epochs at k=10 and 3 at k <= 4 (of the base's 15), stopping after PARM_PATIENCE
+# epochs without gain; validated on PARM_VAL_GROUPS fixed groups of validation images.
+PARM_ARCH = "cnn"
+PARM_NET_EPOCH_SCALE = 10 / DEFAULT_EPOCHS
+PARM_NET_SMALL_K_EPOCH_SCALE = 3 / DEFAULT_EPOCHS
+PARM_PATIENCE = 3
+PARM_VAL_GROUPS = 2000
 # Where the plain Manifold-Mixup body decodes poorly at k=10 (MNIST: 45% with the pixel-mean parity), the
 # shipped classifier is trained coding-aware from the start with this weight β of the decoding loss.
 # Fine-tuning a finished classifier with that loss instead cost 0.5-0.8 points of accuracy at any β or lr.

@@ -300,7 +300,7 @@ def test_spec_defaults_are_the_shipped_model(dataset: str) -> None:
     if not (MODELS / dataset / "classifier.pt").is_file():
         pytest.skip(f"no shipped {dataset} classifier")
     expected = ClassifierSpec(image_shape=IMAGE_SHAPES[dataset])
-    stored_specs = {"classifier": "classifier", "classifier_nomixup": "classifier", "parm_k10": "parm"}
+    stored_specs = {"classifier": "classifier", "classifier_nomixup": "classifier", "parm_sn_k10": "parm"}
     for name, kind in stored_specs.items():
         stored = load_checkpoint(MODELS / dataset / f"{name}.pt", kind)
         assert ClassifierSpec.from_json(stored["spec"]) == expected, name

@@ -69,6 +69,7 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
     code = evaluate.main(
         ["--datasets", "mnist", "--models-dir", str(models), "--limit", "200", "--out", str(out)]
         + ["--overhead-out", str(tmp_path / "o.json"), "--plot", str(tmp_path / "p.png")]
+        + ["--parm-fit-out", str(tmp_path / "fit.json")]
         + ["--results-md", str(tmp_path / "R.md")]
     )
     assert code == 0
@@ -96,6 +97,9 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
     assert coded[2, 1]["n_queries"] == 400  # one missing, from either parity: each query twice
     assert json.loads((tmp_path / "acc.meta.json").read_text())["metrics"] == evaluate.METRICS
     assert report.PARITY_BEGIN in (tmp_path / "R.md").read_text()
+    fits = json.loads((tmp_path / "fit.json").read_text())["records"]
+    assert [(f["method"], f["k"]) for f in fits] == [("parm", 2)]  # the smoke run has no parm_sn
+    assert fits[0]["decode_error_l2_median"] > 0 and fits[0]["base_margin_median"] > 0
     assert (tmp_path / "p.png").stat().st_size > 0
     assert report.TABLE_BEGIN in (tmp_path / "R.md").read_text()
 
