@@ -26,7 +26,13 @@ from coded_invnet.models.parm import arch_of
 
 OPSET = 17
 MANIFEST_META = (  # copied from checkpoints into the manifest entry of each exported file
-    "val_accuracy", "val_recovery", "val_degraded_accuracy", "k", "parities", "loss", "mixup"
+    "val_accuracy",
+    "val_recovery",
+    "val_degraded_accuracy",
+    "k",
+    "parities",
+    "loss",
+    "mixup",
 )
 
 
