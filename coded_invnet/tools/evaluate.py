@@ -26,6 +26,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,28 @@ def groups_of(n: int, k: int, seed: int = 0) -> np.ndarray:
     return order[: (n // k) * k].reshape(-1, k)
 
 
+@dataclass(frozen=True)
+class BaseOutputs:
+    """A base classifier and its outputs on every test image, computed once and shared by every method."""
+
+    model: InvNetClassifier
+    logits: torch.Tensor  # (N, classes)
+    z: torch.Tensor  # (N, D)
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.logits.argmax(1).numpy()
+
+
+@torch.no_grad()
+def base_outputs(model: InvNetClassifier, images: torch.Tensor, chunk: int = 1000) -> BaseOutputs:
+    outs = [model(images[i : i + chunk]) for i in range(0, len(images), chunk)]
+    return BaseOutputs(model, torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs]))
+
+
 @torch.no_grad()
 def decoded_predictions(
-    base: InvNetClassifier,
+    base: BaseOutputs,
     images: torch.Tensor,
     groups: np.ndarray,
     parity_output: Callable[[torch.Tensor], torch.Tensor],
@@ -107,14 +127,12 @@ def decoded_predictions(
 ) -> np.ndarray:
     """(n_groups, k) predicted classes for each member decoded as if it were the missing one."""
     preds = []
+    outputs_of = base.z if latent else base.logits
     for start in range(0, len(groups), chunk):
-        idx = torch.from_numpy(groups[start : start + chunk])
-        batch = images[idx]  # (G, k, C, H, W)
-        g_count, k = idx.shape
-        logits, z = base(batch.flatten(0, 1))
-        outputs = (z if latent else logits).reshape(g_count, k, -1).transpose(0, 1)  # (k, G, D)
-        decoded = coding.decode_all(parity_output(batch), outputs)
-        decoded_logits = base.h(decoded) if latent else decoded
+        idx = torch.from_numpy(groups[start : start + chunk])  # (G, k)
+        outputs = outputs_of[idx].transpose(0, 1)  # (k, G, D)
+        decoded = coding.decode_all(parity_output(images[idx]), outputs)
+        decoded_logits = base.model.h(decoded) if latent else decoded
         preds.append(decoded_logits.argmax(-1).transpose(0, 1).numpy())
     return np.concatenate(preds)
 
@@ -135,7 +153,7 @@ def evaluated_sets(k: int, r: int, missing: int, seed: int = 0) -> list[tuple[li
 
 @torch.no_grad()
 def decoded_set_predictions(
-    base: InvNetClassifier, images: torch.Tensor, groups: np.ndarray, encoder: FusionEncoder, missing: int
+    base: BaseOutputs, images: torch.Tensor, groups: np.ndarray, encoder: FusionEncoder, missing: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(members (n,), predicted classes (n,)) over the evaluated_sets of every group (coding.decode_set)."""
     k, r = encoder.spec.k, encoder.spec.parities
@@ -144,28 +162,28 @@ def decoded_set_predictions(
     members, preds = [], []
     for start in range(0, len(groups), 200):
         idx = torch.from_numpy(groups[start : start + 200])
-        batch = images[idx]  # (G, k, C, H, W)
-        z = base.g(batch.flatten(0, 1)).unflatten(0, idx.shape).transpose(0, 1)  # (k, G, D)
-        z_p = base.g(encoder(batch).flatten(0, 1)).unflatten(0, (len(idx), r)).transpose(0, 1)  # (r, G, D)
+        z = base.z[idx].transpose(0, 1)  # (k, G, D)
+        parities = encoder(images[idx]).flatten(0, 1)  # (G·r, C, H, W)
+        z_p = base.model.g(parities).unflatten(0, (len(idx), r)).transpose(0, 1)  # (r, G, D)
         for s, p in sets:
             decoded = coding.decode_set(a, p, z_p[p], z, s)  # (missing, G, D)
-            preds.append(base.h(decoded).argmax(-1).flatten().numpy())
+            preds.append(base.model.h(decoded).argmax(-1).flatten().numpy())
             members.append(idx.T[s].flatten().numpy())
     return np.concatenate(members), np.concatenate(preds)
 
 
 @torch.no_grad()
 def parm_fit(
-    base: InvNetClassifier, images: torch.Tensor, groups: np.ndarray, parm: torch.nn.Module, chunk: int = 200
+    base: BaseOutputs, images: torch.Tensor, groups: np.ndarray, parm: torch.nn.Module, chunk: int = 200
 ) -> dict[str, float]:
     """How far ParM's decoded logits are from the base's (every member missing in turn): the decoding
     error k·(P(mean x) − mean f(x)) against the base's own top-1 − top-2 logit margin, which an error
     must stay under (roughly) for the decoded prediction to agree."""
     errors, margins = [], []
     for start in range(0, len(groups), chunk):
-        batch = images[torch.from_numpy(groups[start : start + chunk])]  # (G, k, C, H, W)
-        logits = base(batch.flatten(0, 1))[0].unflatten(0, batch.shape[:2])  # (G, k, classes)
-        error = batch.shape[1] * (parm(batch.mean(1)) - logits.mean(1))  # (G, classes), the same for all
+        idx = torch.from_numpy(groups[start : start + chunk])  # (G, k)
+        logits = base.logits[idx]  # (G, k, classes)
+        error = idx.shape[1] * (parm(images[idx].mean(1)) - logits.mean(1))  # (G, classes), the same for all
         errors.append(error.norm(dim=-1))
         top2 = logits.topk(2, dim=-1).values  # (G, k, 2)
         margins.append((top2[..., 0] - top2[..., 1]).flatten())
@@ -197,16 +215,11 @@ def evaluate_dataset(
     test = data.test.take(limit) if limit else data.test
     images, labels = torch.from_numpy(test.images), test.labels
     records: list[dict[str, Any]] = []
-    bases: dict[str, tuple[InvNetClassifier, np.ndarray]] = {}
+    bases: dict[str, BaseOutputs] = {}
 
-    def base_named(name: str) -> tuple[InvNetClassifier, np.ndarray]:
+    def base_named(name: str) -> BaseOutputs:
         if name not in bases:
-            model = load_classifier(model_dir / f"{name}.pt")
-            with torch.no_grad():
-                preds = np.concatenate(
-                    [model(images[i : i + 1000])[0].argmax(1).numpy() for i in range(0, len(images), 1000)]
-                )
-            bases[name] = (model, preds)
+            bases[name] = base_outputs(load_classifier(model_dir / f"{name}.pt"), images)
         return bases[name]
 
     def add(
@@ -242,16 +255,16 @@ def evaluate_dataset(
     for k, method in tqdm(jobs, desc=f"evaluate {data.name}", leave=False):
         groups = groups_of(len(test), k)
         if method == "none":
-            add(method, k, base_named("classifier")[1], None, groups)
+            add(method, k, base_named("classifier").preds, None, groups)
             continue
         if method in PARM_METHODS:
-            base, base_preds = base_named("classifier")
+            base = base_named("classifier")
             path = model_dir / f"{PARM_METHODS[method].format(k=k)}.pt"
             if not path.is_file():
                 continue
             parm = load_parm(path)
             decoded = decoded_predictions(base, images, groups, parm_parity(parm), latent=False)
-            add(method, k, base_preds, decoded, groups)
+            add(method, k, base.preds, decoded, groups)
             if fits is not None:
                 fit = parm_fit(base, images, groups, parm)
                 fits.append({"dataset": data.name, "k": k, "method": method, **fit})
@@ -264,18 +277,18 @@ def evaluate_dataset(
             continue  # an optional ablation that was not trained
         if source == "oracle" and k != 10:
             continue  # slow (fixed-point inversion); k=10 is the case that matters
-        base, base_preds = base_named(base_name)
-        parity = parity_for(base, source, model_dir, k)
-        add(method, k, base_preds, decoded_predictions(base, images, groups, parity, latent=True), groups)
+        base = base_named(base_name)
+        parity = parity_for(base.model, source, model_dir, k)
+        add(method, k, base.preds, decoded_predictions(base, images, groups, parity, latent=True), groups)
     for path in sorted(model_dir.glob("encoder_k*_r*.pt")):  # the r-parity encoders
         encoder = load_encoder(path)
         k, r = encoder.spec.k, encoder.spec.parities
-        base, base_preds = base_named("classifier")
+        base = base_named("classifier")
         for missing in MISSING_EVALUATED[r]:
             members, decoded = decoded_set_predictions(
                 base, images, groups_of(len(test), k), encoder, missing
             )
-            add("coded-invnet", k, base_preds, decoded, members, r, missing)
+            add("coded-invnet", k, base.preds, decoded, members, r, missing)
     return records
 
 

@@ -54,6 +54,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="for 'all': run only this job (e.g. encoder_k10 or mnist/encoder_k10)")
     p.add_argument("--name", help="output file stem (default from the job)")
     p.add_argument("--base", help="base classifier checkpoint (default models/<dataset>/classifier.pt)")
+    p.add_argument(
+        "--init",
+        help="encoder with r ≥ 2, parm: start from this model file (default: encoder_k{k}.pt; parm: fresh)",
+    )
     shipped = ClassifierSpec()
     p.add_argument("--coeff", type=float, help=f"spectral-norm coefficient of g (default {shipped.coeff})")
     p.add_argument(
@@ -122,14 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         elif args.what == "base":
             _train_base(args, cfg)
         elif args.what == "encoder" and args.parities > 1:
-            init = cfg.models_dir / args.dataset / f"encoder_k{args.k}.pt"
+            init = Path(args.init) if args.init else cfg.models_dir / args.dataset / f"encoder_k{args.k}.pt"
             train_parity_encoders(cfg, load_dataset(args.dataset), base, init, args.k, args.parities, name)
         elif args.what == "encoder":
             train_encoder(cfg, load_dataset(args.dataset), base, args.k, args.loss, name)
         elif args.parm_arch == SN_ARCH:
             train_parm(cfg, load_dataset(args.dataset), base, args.k, name)
         else:
-            train_parity_network(cfg, load_dataset(args.dataset), base, args.k, name, args.parm_arch)
+            init = Path(args.init) if args.init else None
+            train_parity_network(cfg, load_dataset(args.dataset), base, args.k, name, args.parm_arch, init)
     except (DataError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from coded_invnet import coding
-from coded_invnet.checkpoint import load_classifier, read_torch_file, write_torch_file
+from coded_invnet.checkpoint import load_classifier, load_parm, read_torch_file, write_torch_file
 from coded_invnet.data import Dataset
 from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import MeanEncoder
@@ -107,18 +107,27 @@ def parity_scores(
 
 
 def train_parity_network(
-    cfg: RunConfig, data: Dataset, base_path: Path, k: int, name: str, arch: str = PARM_ARCH
+    cfg: RunConfig,
+    data: Dataset,
+    base_path: Path,
+    k: int,
+    name: str,
+    arch: str = PARM_ARCH,
+    init: Path | None = None,
 ) -> Path:
     """ParM with a parity network of ``arch`` (default the shipped CNN): P(mean_i x_i) ≈ mean_i f(x_i)
     in logit space (MSE, as ParM), on random groups of k training images with the base's logits cached;
     an epoch is one pass of batch_size groups a step over the training images. Early stopping on the
-    validation agreement (PARM_PATIENCE epochs), at most cfg.epochs."""
+    validation agreement (PARM_PATIENCE epochs), at most cfg.epochs. ``init``: a parity model file of
+    ``arch`` to continue from."""
     torch.manual_seed(cfg.seed + 100 + k)
     base = load_classifier(base_path).to(cfg.device).requires_grad_(False)
     x_train, _ = tensors(train_split(data, cfg), cfg.device)
     x_val, y_val = tensors(val_split(data, cfg), cfg.device)
     targets = base_logits(cfg, base_path, base, {"train": x_train, "val": x_val})
     parity = initial_parity_network(arch, base).to(cfg.device)
+    if init is not None:
+        parity.load_state_dict(load_parm(init).state_dict())
     gen = torch.Generator().manual_seed(cfg.seed + 31 * k)
     val_groups = sample_indices(len(x_val), k, PARM_VAL_GROUPS, torch.Generator().manual_seed(cfg.seed))
     val_groups = val_groups.to(cfg.device)

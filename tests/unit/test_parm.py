@@ -109,6 +109,15 @@ def test_parity_network_training_step_runs(tmp_path: Path) -> None:
     assert 0 <= ckpt["val_recovery"] <= 1 and 0 <= ckpt["val_degraded_accuracy"] <= 1
     assert (tmp_path / "c" / "mnist" / "classifier.logits.pt").is_file(), "the base logits are cached"
     assert cli.main([*args, "--name", "parm_again"]) == 0  # the second run reads the cache
+    # --init continues from a file: at learning rate 0 the weights written are the file's (batch-norm
+    # statistics still move)
+    first = dict(load_parm(tmp_path / "m" / "mnist" / "parm_k4.pt").named_parameters())
+    assert (
+        cli.main([*args, "--name", "parm_cont", "--lr", "0", "--init", str(tmp_path / "m/mnist/parm_k4.pt")])
+        == 0
+    )
+    continued = dict(load_parm(tmp_path / "m" / "mnist" / "parm_cont.pt").named_parameters())
+    assert all(torch.equal(first[key], continued[key]) for key in first)
 
 
 def _tiny_base(folder: Path) -> Path:
