@@ -85,6 +85,13 @@ class GrpcBackends:
     def workers(self) -> list[str]:
         return list(self._slots) if self.fixed else self.pools["worker"].members
 
+    @property
+    def pool_short(self) -> bool:
+        """Whether the pool holds workers but fewer than a group's k + r: groups then share workers, so
+        one worker's failure can cost a group more members than its r parities recover."""
+        found = len(self.pools["worker"].members)
+        return not self.fixed and 0 < found < self._cfg.k + self._r
+
     async def update(self, kind: str, found: Sequence[str]) -> None:
         """Take `kind`'s addresses now; departed ones get their in-flight batches' deadline to finish
         (their failures are recovered like any other), then their channels close."""

@@ -127,6 +127,11 @@ class Frontend:
             return
         if self.backends.pools[kind].members != before:
             log.info("backends changed", extra={"kind": kind, "before": before, "after": found})
+            if kind == "worker" and self.backends.pool_short:
+                log.warning(
+                    "fewer pool workers than k + r: groups share workers, one failure may cost more than r",
+                    extra={"workers": len(found), "k": self.cfg.k, "parities": self.cfg.group_parities},
+                )
 
     def _record_group(self, report: GroupReport) -> None:
         metrics = self.host.metrics

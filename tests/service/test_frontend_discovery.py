@@ -108,6 +108,9 @@ def test_fixed_slots_follow_their_addresses_and_a_pool_takes_any_size() -> None:
         await pool.update("worker", [f"w{i}:1" for i in range(7)])
         placement = pool.place(3, 2)
         assert len({*placement.data, *placement.parity}) == 3 and pool.parallel_groups(2) == 2
+        assert not pool.pool_short and not fixed.pool_short
+        await pool.update("worker", ["w0:1", "w1:1"])  # fewer than k + r = 3: groups share a worker
+        assert pool.pool_short
         await asyncio.gather(fixed.close(), pool.close())
 
     asyncio.run(scenario())
