@@ -72,6 +72,25 @@ def worst_case(coefficients: np.ndarray) -> tuple[float, float]:
     return float(condition), float(gain)
 
 
+def error_gain(coefficients: np.ndarray, parity_rows: Sequence[int], missing: Sequence[int]) -> float:
+    """‖A[P, S]⁻¹‖₂: how much decoding the members S from the parities P multiplies a parity's latent
+    error by (inf when A[P, S] is singular or not square)."""
+    if len(parity_rows) != len(missing):
+        return float("inf")
+    sv = np.linalg.svd(coefficients[np.ix_(list(parity_rows), list(missing))], compute_uv=False)
+    return float(1 / sv[-1]) if sv[-1] > 0 else float("inf")
+
+
+def best_rows(coefficients: np.ndarray, available: Sequence[int], missing: Sequence[int]) -> list[int]:
+    """The |S| of the ``available`` parity rows that decode the members S = ``missing`` with the lowest
+    error gain (the lowest rows among equals); [] when fewer are available. The choice matters: for one
+    missing member of k = 10 with two parities, row 0 alone has gain 10, row 1 alone 1/|A[1, j]|, from
+    6.1 to 52.4 depending on the member."""
+    candidates = itertools.combinations(sorted(available), len(missing))
+    ranked = sorted(candidates, key=lambda rows: (error_gain(coefficients, rows, missing), rows))
+    return list(ranked[0]) if ranked else []
+
+
 def decode_missing(parity: Array, available: Array, k: int) -> Array:
     """Reconstruct the missing member of a one-parity group: k·parity − Σ available.
 

@@ -235,7 +235,9 @@ class LinearBackends:
     decoder_down: bool = False
     parities: int = 1
     dead_parities: set[int] = field(default_factory=set)
+    parity_delays: dict[int, float] = field(default_factory=dict)  # parity row → its delay (s)
     calls: list[tuple[str, int]] = field(default_factory=list)
+    decoded: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (missing, parity rows)
     cancelled: list[int] = field(default_factory=list)
 
     def place(self, group_id: int, k: int) -> Placement:
@@ -271,6 +273,7 @@ class LinearBackends:
         self, worker: str, group_id: int, row: int, parity_images: np.ndarray
     ) -> np.ndarray:
         self.calls.append(("parity", row))
+        await asyncio.sleep(self.parity_delays.get(row, 0.0))
         if row in self.dead_parities:
             raise ConnectionError(f"parity worker {row} is dead")
         z = parity_images.reshape(len(parity_images), -1) @ G
@@ -285,6 +288,7 @@ class LinearBackends:
         members: np.ndarray,
     ) -> np.ndarray:
         self.calls.extend(("decode", j) for j in missing)
+        self.decoded.append((list(missing), list(parity_rows)))
         if self.decoder_down:
             raise ConnectionError("decoder down")
         coefficients = parity_coefficients(len(members), self.parities)

@@ -27,11 +27,12 @@ class EncoderSpec(JsonSpec):
     branch_width: int = 32
     fuse_width: int = 32
     parities: int = 1  # r: parity queries per group
+    extra_kernel: int = 1  # parities 1..r-1: kernel of their fuse net's hidden conv (parity 0: 3)
 
 
 def _fuse_net(spec: EncoderSpec, c: int, kernel: int = 3) -> nn.Sequential:
     """(combined features ⊕ combined pixels) → pixel correction; starts at zero (the pixel combination).
-    Parities 1..r-1 use a 1×1 hidden conv (``kernel`` 1): a quarter of the MACs of parity 0's 3×3."""
+    Parities 1..r-1 use a ``spec.extra_kernel`` hidden conv (1×1: a ninth of the MACs of parity 0's 3×3)."""
     correction = nn.Conv2d(spec.fuse_width, c, 3, padding=1)
     with torch.no_grad():
         correction.weight.zero_()
@@ -51,7 +52,9 @@ class FusionEncoder(nn.Module):
         c = spec.image_shape[0] * 4  # channels after the squeeze
         self.branch = nn.Sequential(nn.Conv2d(c, spec.branch_width, 3, padding=1), nn.ELU())
         self.fuse = _fuse_net(spec, c)  # parity 0 (the only one with r = 1)
-        self.extra = nn.ModuleList(_fuse_net(spec, c, 1) for _ in range(spec.parities - 1))  # parities 1..r-1
+        self.extra = nn.ModuleList(
+            _fuse_net(spec, c, spec.extra_kernel) for _ in range(spec.parities - 1)
+        )  # parities 1..r-1
         a = torch.as_tensor(parity_coefficients(spec.k, spec.parities), dtype=torch.float32)
         self.register_buffer("coefficients", a, persistent=False)  # (r, k); not in the state dict
 

@@ -10,8 +10,8 @@ position in turn is the missing one, so every test query is recovered exactly on
 - "none" (no coding) has no answer for a missing worker and scores 0.
 Every record has ``r`` (parity workers) and ``missing`` (members missing at once). With r parities
 (encoder_k{k}_r{r}.pt) and s missing, every set of s members of every group (or a balanced sample of
-them, see evaluated_sets) is missing in turn, decoded from every set of s of the r parities, so each
-test query is recovered equally often.
+them, see evaluated_sets) is missing in turn, decoded from the s parities the frontend would use with
+all r answered (the lowest error gain), so each test query is recovered equally often.
 Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head, ParM's parity
 model; per (k, r) the worst condition number and error gain of the code), results/parm_fit.json (ParM's
 decoding error against the base's logit margin), the plot docs/accuracy_vs_k.png, and the
@@ -139,8 +139,9 @@ def decoded_predictions(
 
 def evaluated_sets(k: int, r: int, missing: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """(S, P) pairs: every set S of ``missing`` members — or, past MAX_MISSING_SETS of them, the cyclic
-    windows of MISSING_SET_ROUNDS random orders of the k members — each with every set P of that many
-    parities. Either way each member is missing equally often."""
+    windows of MISSING_SET_ROUNDS random orders of the k members — each with the parities P the frontend
+    decodes it from when all r are in (coding.best_rows). Either way each member is missing equally
+    often."""
     subsets = list(itertools.combinations(range(k), missing))
     if len(subsets) > MAX_MISSING_SETS:
         rng = np.random.default_rng(seed)
@@ -148,7 +149,8 @@ def evaluated_sets(k: int, r: int, missing: int, seed: int = 0) -> list[tuple[li
         subsets = [
             tuple(sorted(int(o[(t + i) % k]) for i in range(missing))) for o in orders for t in range(k)
         ]
-    return [(list(s), list(p)) for s in subsets for p in itertools.combinations(range(r), missing)]
+    a = coding.parity_coefficients(k, r)
+    return [(list(s), coding.best_rows(a, range(r), s)) for s in subsets]
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ from coded_invnet import training
 from coded_invnet.checkpoint import ModelFileError
 from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, load_dataset
 from coded_invnet.models.classifier import ClassifierSpec
+from coded_invnet.models.encoder import EncoderSpec
 from coded_invnet.models.parm import PARM_ARCHS, SN_ARCH
 from coded_invnet.training.classifier import train_base
 from coded_invnet.training.encoder import ENCODER_LOSSES, train_encoder, train_parity_encoders
@@ -40,6 +41,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default=ENCODER_LOSSES[0], choices=ENCODER_LOSSES)
     p.add_argument(
         "--parities", type=int, default=1, help="encoder: r parities (r ≥ 2: fine-tuned from encoder_k{k}.pt)"
+    )
+    p.add_argument(
+        "--extra-kernel",
+        type=int,
+        default=EncoderSpec.extra_kernel,
+        help="encoder, r ≥ 2: parities 1..r-1's kernel",
     )
     p.add_argument("--no-mixup", action="store_true")
     p.add_argument("--parm-arch", default=PARM_ARCH, choices=PARM_ARCHS, help="parm: the parity network")
@@ -127,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
             _train_base(args, cfg)
         elif args.what == "encoder" and args.parities > 1:
             init = Path(args.init) if args.init else cfg.models_dir / args.dataset / f"encoder_k{args.k}.pt"
-            train_parity_encoders(cfg, load_dataset(args.dataset), base, init, args.k, args.parities, name)
+            train_parity_encoders(
+                cfg, load_dataset(args.dataset), base, init, args.k, args.parities, name, args.extra_kernel
+            )
         elif args.what == "encoder":
             train_encoder(cfg, load_dataset(args.dataset), base, args.k, args.loss, name)
         elif args.parm_arch == SN_ARCH:

@@ -101,29 +101,52 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
 
 
 def missing_sets(k: int, r: int, count: int, rng: np.random.Generator) -> list[tuple[list[int], list[int]]]:
-    """``count`` random (missing members S, parities P) pairs of every size |S| = |P| in 1..r."""
-    return [
-        (sorted(rng.choice(k, s, replace=False).tolist()), sorted(rng.choice(r, s, replace=False).tolist()))
-        for s in range(1, r + 1)
-        for _ in range(count)
-    ]
+    """``count`` random sets of missing members S of every size |S| in 1..r, each with the |S| parities
+    P the frontend decodes it from when all r are in (coding.best_rows): what serving uses is trained."""
+    a = coding.parity_coefficients(k, r)
+    sets = [sorted(rng.choice(k, s, replace=False).tolist()) for s in range(1, r + 1) for _ in range(count)]
+    return [(missing, coding.best_rows(a, range(r), missing)) for missing in sets]
+
+
+def load_widened(encoder: FusionEncoder, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``encoder`` where shapes match; a 1×1 conv kernel going into a wider one is
+    put at its centre (the same function), so a wider encoder starts where the narrower one ended."""
+    own = encoder.state_dict()
+    for key, value in state.items():
+        target = own.get(key)
+        if target is None:
+            continue
+        if target.shape != value.shape and value.shape[-2:] == (1, 1) and target.shape[:2] == value.shape[:2]:
+            widened = torch.zeros_like(target)
+            widened[..., target.shape[-2] // 2, target.shape[-1] // 2] = value[..., 0, 0]
+            value = widened
+        own[key] = value
+    encoder.load_state_dict(own)
 
 
 def train_parity_encoders(
-    cfg: RunConfig, data: Dataset, base_path: Path, init_path: Path, k: int, r: int, name: str
+    cfg: RunConfig,
+    data: Dataset,
+    base_path: Path,
+    init_path: Path,
+    k: int,
+    r: int,
+    name: str,
+    extra_kernel: int = EncoderSpec.extra_kernel,
 ) -> Path:
     """Train F_k with r parities, fine-tuned from the one-parity encoder at ``init_path`` (its parity 0),
     g, h frozen. Loss: KL(h(ẑ_S) ‖ base softmax) over SETS_PER_SIZE random missing sets S of each size
-    1..r decoded from random parities (coding.decode_set), plus L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of
+    1..r decoded from their best parities (missing_sets, coding.decode_set), plus L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of
     every parity m."""
     torch.manual_seed(cfg.seed + k + 100 * r)
     rng = np.random.default_rng(cfg.seed + 31 * k + r)
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k + r)
     base = run.base
-    spec = EncoderSpec(image_shape=base.spec.image_shape, k=k, parities=r)
+    spec = EncoderSpec(image_shape=base.spec.image_shape, k=k, parities=r, extra_kernel=extra_kernel)
     enc = FusionEncoder(spec).to(cfg.device)
     # parity 0 from the one-parity encoder; the others start at their pixel combination Σ_i A[m, i] x_i
-    enc.load_state_dict(load_encoder(init_path).state_dict(), strict=False)
+    # (or, from an r-parity encoder, where it ended)
+    load_widened(enc, load_encoder(init_path).state_dict())
     a = coding.parity_coefficients(k, r)  # (r, k)
     a_t = torch.as_tensor(a, dtype=torch.float32, device=cfg.device)
     val_sets = missing_sets(k, r, 3, np.random.default_rng(cfg.seed))

@@ -10,8 +10,9 @@ of the k batches.
 The k data batches go out at once; the parity path (one encoder call for the r parity batches, then
 parity batch m to parity worker m) starts after the hedge delay (`ParityDelay`), or at once when a batch
 fails. A query is answered as soon as its own batch is in, or as soon as any k of the k + r results are
-in: the s ≤ r missing data batches are decoded in one decoder call from s parities (`decode_wait_ms`
-can give the last ones a little longer); the straggling calls are then cancelled.
+in: the s ≤ r missing data batches are decoded in one decoder call from the s parities that multiply
+the error least (`coding.best_rows`; a much better one on its way is waited for, `BETTER_ROWS_FACTOR`;
+`decode_wait_ms` can give the last batches a little longer); the straggling calls are then cancelled.
 
 Recovery, so that nothing is lost and no group waits for a backend's 10 s deadline:
 - failed batches are decoded when enough parities let them be, and re-sent to the next worker when they
@@ -34,6 +35,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from coded_invnet.coding import best_rows, error_gain, parity_coefficients
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
 from coded_invnet.serving.policies import RecoveryPolicy
@@ -41,6 +43,10 @@ from services.frontend.calls import Backends, WorkerOutput
 from services.frontend.queue import Query
 
 LATE_HEDGE_FACTOR = 10
+# With r ≥ 2 the missing batches are decoded from the parities in that multiply the error least; a
+# parity on its way that would cut that gain by more than this factor is waited for (to the straggler
+# deadline at most): on k = 10, r = 2, one member decoded from parity 1 alone can have gain 52 against 10
+BETTER_ROWS_FACTOR = 2.0
 RESEND_BACKOFF_S = 0.05
 MAX_RESEND_BACKOFF_S = 1.0
 T = TypeVar("T")
@@ -123,6 +129,7 @@ class CodingGroup:
         self._padding_known = padding_output is not None
         self._coded = cfg.mode in DECODABLE_MODES
         self._r = cfg.group_parities
+        self._coefficients = parity_coefficients(k, max(1, self._r))  # (r, k): which parities decode best
         self._parity_usable = self._coded  # False once the encoder, every parity path or the decoder failed
         self._parities: dict[int, np.ndarray] = {}  # parity row m → its output (z_p^(m) or parity logits)
         self._parity_failed: set[int] = set()
@@ -222,8 +229,19 @@ class CodingGroup:
             task = self._spawn(self._backends.infer_parity(worker, self._id, m, images))
             self._parity_calls[task] = m
 
-    def _decode(self, missing: list[int]) -> None:
-        rows = sorted(self._parities)[: len(missing)]
+    def _decode_rows(self, missing: list[int], past_straggler: bool) -> list[int]:
+        """The parity rows to decode ``missing`` from now: the best of those in, unless one on its way
+        would cut the error gain by more than BETTER_ROWS_FACTOR (then [] until it comes, or until the
+        straggler deadline)."""
+        have = best_rows(self._coefficients, list(self._parities), missing)
+        if not have or past_straggler or self._r == 1:
+            return have
+        possible = [m for m in range(self._r) if m not in self._parity_failed]
+        best = best_rows(self._coefficients, possible, missing)
+        gain_now, gain_best = (error_gain(self._coefficients, rows, missing) for rows in (have, best))
+        return have if gain_now <= BETTER_ROWS_FACTOR * gain_best else []
+
+    def _decode(self, missing: list[int], rows: list[int]) -> None:
         parities = np.stack([self._parities[m] for m in rows])  # (s, b, D)
         members = np.stack([self._member_output(i, parities[0]) for i in range(self._k)])  # (k, b, D)
         self._decoding, self._decode_started = missing, self._clock()
@@ -318,12 +336,13 @@ class CodingGroup:
         # the parities that decode the missing batches are in, or on their way
         decodable = self._parity_usable and 0 < len(missing) <= self._possible_parities()
         waiting = [j for j in missing if not self._batches[j].answered]
-        if decodable and waiting and len(missing) <= len(self._parities) and self._decode_call is None:
+        rows = self._decode_rows(missing, past_straggler) if decodable else []
+        if waiting and rows and self._decode_call is None:
             if self._decodable_since is None:
                 self._decodable_since = now
             decode_due = now >= self._decodable_since + self._recovery.decode_wait_s
             if past_straggler or decode_due or any(not self._batches[j].calls for j in waiting):
-                self._decode(missing)
+                self._decode(missing, rows)
         for j, batch in enumerate(self._batches):
             if batch.answered or (self._decode_call is not None and j in self._decoding):
                 continue

@@ -25,6 +25,22 @@ def test_coefficients_decode_every_missing_set(k: int, r: int) -> None:
     assert condition < 100 and gain < 25 * k
 
 
+def test_best_rows_take_the_lowest_error_gain_of_those_available() -> None:
+    a = coding.parity_coefficients(10, 2)
+    assert coding.error_gain(a, [0], [5]) == pytest.approx(10.0)
+    assert coding.error_gain(a, [1], [5]) == pytest.approx(1 / abs(a[1, 5]))  # 52.4: a small coefficient
+    assert coding.best_rows(a, [0, 1], [5]) == [0]
+    assert coding.best_rows(a, [0, 1], [6]) == [1]  # |A[1, 6]| > 1/k: row 1 decodes it better
+    assert coding.best_rows(a, [1], [5]) == [1]  # the only one in
+    assert coding.best_rows(a, [0, 1], [2, 7]) == [0, 1]
+    assert coding.best_rows(a, [1], [2, 7]) == []  # too few
+    assert coding.error_gain(a, [0], [2, 7]) == float("inf")
+    _, worst = coding.worst_case(a)
+    for s in range(1, 3):  # the best rows are never worse than the worst case
+        for missing in itertools.combinations(range(10), s):
+            assert coding.error_gain(a, coding.best_rows(a, [0, 1], missing), missing) <= worst + 1e-9
+
+
 def test_one_parity_code_is_the_mean_code() -> None:
     assert coding.worst_case(coding.parity_coefficients(10, 1)) == pytest.approx((1.0, 10.0))
 
