@@ -40,10 +40,11 @@ from coded_invnet.coding import CODING_MODES
 from coded_invnet.data import Split, load_dataset
 from coded_invnet.proto import coded_pb2, coded_pb2_grpc
 from coded_invnet.serving.config import DECODABLE_MODES, MULTI_PARITY_MODES, default_model_file
+from coded_invnet.tools.base_model import base_predictions
 from coded_invnet.tools.chaos import LauncherKiller
 from coded_invnet.tools.faults import ADMIN_TIMEOUT_S, STRAGGLER_DELAY_MS, STRAGGLER_PROBABILITY, straggler
 from coded_invnet.tools.launcher import System, launch
-from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.openloop import Outcome, most_requests, poisson_schedule, run_open_loop, summarize
 
 FAULTS = ("none", "straggler", "kill")
 TWO_FAULTS = ("straggler2", "kill2")  # the same faults on two workers at once (for r >= 2)
@@ -106,9 +107,16 @@ class FaultTally:
 
 
 async def run_round(
-    system: System, fault: str, test: Split, plan: BenchPlan, seed: int, tally: FaultTally
+    system: System,
+    fault: str,
+    test: Split,
+    base: np.ndarray,
+    plan: BenchPlan,
+    seed: int,
+    tally: FaultTally,
 ) -> None:
-    """One round of one fault's open-loop load against the running system, added to ``tally``."""
+    """One round of one fault's open-loop load against the running system, added to ``tally``; ``base`` is
+    the base model's class of each test image (for agreement)."""
     victims = system.workers[: 2 if fault in TWO_FAULTS else 1]
     kind = fault.rstrip("2")
     if kind == "straggler":
@@ -121,7 +129,7 @@ async def run_round(
     async with AsyncClient(system.frontend.target, timeout_s=plan.timeout_s) as client:
         schedule = poisson_schedule(plan.rate_qps, duration_s, seed)
         load = asyncio.create_task(
-            run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
+            run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s, base)
         )
         if kind == "kill":
             await asyncio.sleep(duration_s * plan.kill_at_fraction)
@@ -152,7 +160,10 @@ def record(system: System, fault: str, tally: FaultTally, parities: int) -> dict
         "k": system.k,
         **({"r": parities} if parities > 1 else {}),
         "fault": fault,
-        **{key: summary[key] for key in ("p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy")},
+        **{key: summary[key] for key in ("p50_ms", "p99_ms", "p999_ms", "throughput_qps")},
+        "accuracy": summary["accuracy"],  # true-label accuracy
+        "agreement": summary["agreement"],  # with the base model's own answers
+        "reconstructed_agreement": summary["reconstructed_agreement"],
         "reconstructed_fraction": round(int(summary["reconstructed"] or 0) / answered, 4),
         # worker rows beyond one per answered query (parity, replicas, padding); encoder/decoder not counted
         "extra_compute": round(tally.rows / answered - 1.0, 4),
@@ -182,6 +193,8 @@ async def run_bench(
     """Every (k, mode) on a fresh system; its fault phases interleaved in rounds so a passing stall of the
     machine is shared by all faults rather than landing on one. The same seeds (load) for every mode."""
     test = load_dataset(dataset).test
+    round_requests = most_requests(plan.rate_qps, plan.duration_s / plan.rounds)
+    base = base_predictions(model_dir, test.images, round_requests)
     records = []
     for k in ks:
         for mode in modes:
@@ -202,11 +215,13 @@ async def run_bench(
                 fault_api=True,  # the straggler phase delays a worker through SetFaults
             ) as system:
                 # warm-up: connections, caches, onnxruntime's first runs
-                await run_round(system, "none", test, plan, plan.seed, FaultTally())
+                await run_round(system, "none", test, base, plan, plan.seed, FaultTally())
                 tallies = {fault: FaultTally() for fault in faults}
                 for round_index in range(plan.rounds):
                     for fault in faults:
-                        await run_round(system, fault, test, plan, plan.seed + round_index, tallies[fault])
+                        await run_round(
+                            system, fault, test, base, plan, plan.seed + round_index, tallies[fault]
+                        )
                 for fault in faults:
                     records.append(record(system, fault, tallies[fault], parities))
                     print(json.dumps(records[-1]), flush=True)

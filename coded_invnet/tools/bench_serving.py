@@ -44,6 +44,7 @@ import onnxruntime as ort
 from coded_invnet.client import AsyncClient, Client
 from coded_invnet.data import load_dataset
 from coded_invnet.serving.config import ServingConfig
+from coded_invnet.tools.base_model import base_predictions
 from coded_invnet.tools.cpu_meter import (
     PROFILE_SECONDS,
     CpuMeter,
@@ -52,7 +53,7 @@ from coded_invnet.tools.cpu_meter import (
     worker_rows_and_runs,
 )
 from coded_invnet.tools.launcher import SESSIONS, System, launch
-from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.openloop import Outcome, most_requests, poisson_schedule, run_open_loop, summarize
 
 EAGER = "coded-invnet, eager parity"
 VARIANTS = {  # label → (mode, extra frontend settings)
@@ -72,11 +73,15 @@ TARGETS = {
 
 
 async def interleaved_open_loop(
-    systems: dict[str, System], images: np.ndarray, labels: np.ndarray, args: argparse.Namespace
+    systems: dict[str, System],
+    images: np.ndarray,
+    labels: np.ndarray,
+    base: np.ndarray,
+    args: argparse.Namespace,
 ) -> tuple[dict[str, dict[str, Any]], dict[str, CpuMeter]]:
     """The same Poisson load against each system in turn, in --rounds alternating slices, so that any
     drift of the machine's background load falls on every mode alike; each system's CPU is measured over
-    its own slices."""
+    its own slices. ``base``: the base model's class of each image (for agreement)."""
     outcomes: dict[str, list[Outcome]] = {mode: [] for mode in systems}
     meters = {mode: CpuMeter(system.services) for mode, system in systems.items()}
     slice_s = args.duration / args.rounds
@@ -89,7 +94,9 @@ async def interleaved_open_loop(
             for mode in order:
                 schedule = poisson_schedule(args.rate, slice_s, args.seed + round_)
                 with meters[mode].measuring():
-                    outcomes[mode] += await run_open_loop(clients[mode].predict, images, labels, schedule, 10)
+                    outcomes[mode] += await run_open_loop(
+                        clients[mode].predict, images, labels, schedule, 10, base
+                    )
     finally:
         for client in clients.values():
             await client.close()
@@ -161,8 +168,8 @@ def raw_onnxruntime(
     return best
 
 
-def run_layout(session: str, test: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """Both phases against freshly launched systems in one layout."""
+def run_layout(session: str, test: Any, base: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Both phases against freshly launched systems in one layout (``base``: the base model's classes)."""
     # the frontend's batcher may form bigger batches than a request holds: let it, up to max_batch;
     # and a closed loop of --window requests must fit the queue bounds
     in_flight = args.window * args.request_batch
@@ -183,7 +190,7 @@ def run_layout(session: str, test: Any, args: argparse.Namespace) -> dict[str, A
             )
             for i, (label, (mode, extra)) in enumerate(VARIANTS.items())
         }
-        summaries, _ = asyncio.run(interleaved_open_loop(systems, test.images, test.labels, args))
+        summaries, _ = asyncio.run(interleaved_open_loop(systems, test.images, test.labels, base, args))
         for label, summary in summaries.items():
             report[f"open_loop {label}"] = summary
             print(session, label, json.dumps(summary), flush=True)
@@ -265,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"k": args.k, "model_dir": args.model_dir, "cores": os.cpu_count()}
     report["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     started, busy_started = time.monotonic(), machine_busy_s()
+    slice_requests = most_requests(args.rate, args.duration / args.rounds)
+    base = base_predictions(args.model_dir, test.images, slice_requests)
     for session in sessions:
-        report[session] = run_layout(session, test, args)
+        report[session] = run_layout(session, test, base, args)
     model = Path(args.model_dir, "worker.onnx")
     raw = {
         f"batch {batch}, {threads} thread(s)": raw_onnxruntime(model, test.images, batch, threads)

@@ -6,7 +6,8 @@ worker processes, restarting each (as Kubernetes would reschedule the pod). `--a
 distinct workers together (with `--parities` r ≥ N and a pool of k + r workers, N members of every
 group); `--fault stop` (local) SIGSTOPs them for `--stop-for` seconds instead: stragglers that hang with
 their connections open. It reports sent, answered, lost (must be 0), killed, reconstructed and
-reconstructed_accuracy, and writes them with the command and the machine's load:
+reconstructed_accuracy (true-label accuracy) and agreement / reconstructed_agreement (with the base model
+of --model-dir), and writes them with the command and the machine's load:
 
     python -m coded_invnet.tools.chaos --duration 60 --out results/chaos.json
     python -m coded_invnet.tools.chaos --k 10 --parities 2 --at-once 2 --out results/chaos-r2.json
@@ -32,6 +33,7 @@ import numpy as np
 from coded_invnet.client import AsyncClient, TlsOptions
 from coded_invnet.data import load_dataset
 from coded_invnet.serving.config import ServingConfig
+from coded_invnet.tools.base_model import base_predictions_if_present
 from coded_invnet.tools.openloop import (
     add_tls_arguments,
     poisson_schedule,
@@ -170,15 +172,17 @@ async def run_chaos(
     dataset: str,
     plan: ChaosPlan,
     tls: TlsOptions | None = None,
+    model_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Load `target` for plan.duration_s while faulting plan.at_once random distinct workers every
-    plan.kill_every_s."""
+    plan.kill_every_s; agreement is measured against `model_dir`'s base model (None: not measured)."""
     test = load_dataset(dataset).test
     schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
+    base = None if model_dir is None else base_predictions_if_present(model_dir, test.images, len(schedule))
     chooser = random.Random(plan.seed)
     killed: list[str] = []
     async with AsyncClient(target, model_name, plan.timeout_s, tls) as client:
-        queries = run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
+        queries = run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s, base)
         load = asyncio.create_task(queries)
         start = time.perf_counter()
         for due in np.arange(plan.kill_every_s, plan.duration_s, plan.kill_every_s):
@@ -213,7 +217,8 @@ async def run_local(args: argparse.Namespace, plan: ChaosPlan) -> dict[str, Any]
         frontend_settings={"straggler_timeout_ms": args.straggler_timeout_ms},
     ) as system:
         killer = LauncherKiller(system)
-        report = await run_chaos(killer, system.frontend.target, args.model, args.dataset, plan)
+        target = system.frontend.target
+        report = await run_chaos(killer, target, args.model, args.dataset, plan, model_dir=args.model_dir)
         await killer.wait_restarted()
     return report
 
@@ -246,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     add_tls_arguments(cluster)
     local = parser.add_argument_group("local (otherwise): the launcher's system")
-    local.add_argument("--model-dir", default="models/mnist")
+    # cluster runs read it too, for agreement only (the served model's copy; the chaos image has it)
+    local.add_argument("--model-dir", default="models/mnist", help="the served models (worker.onnx)")
     local.add_argument("--mode", default="coded-invnet")
     local.add_argument("--k", type=int, default=int(os.environ.get("CODED_K", "10")))
     local.add_argument("--log-dir", default=None, help="service logs (default: a temporary folder)")
@@ -273,7 +279,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     pod_killer = cluster_pod_killer(args.namespace, args.pool_size or args.k)
     if pod_killer is not None:
         tls = tls_from_arguments(args)
-        report = asyncio.run(run_chaos(pod_killer, args.target, args.model, args.dataset, plan, tls))
+        report = asyncio.run(
+            run_chaos(pod_killer, args.target, args.model, args.dataset, plan, tls, args.model_dir)
+        )
         report["where"] = f"kubernetes namespace {args.namespace}"
     else:
         report = asyncio.run(run_local(args, plan))

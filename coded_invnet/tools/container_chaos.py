@@ -9,7 +9,8 @@ the decoder; each victim is started again at once and must pass its health
 check before the next kill (one pod down at a time, as the PodDisruptionBudget allows). `smoke` is the CI
 test: build the images, start the system, answer through the SDK and an unmodified tritonclient, kill
 one data worker under load, stop the system, and report image sizes, seconds to healthy and
-sent/answered/lost. Both exit non-zero when a query is lost.
+sent/answered/lost with true-label accuracy and agreement with the base model (--model-dir's worker.onnx,
+the models the images were built from). Both exit non-zero when a query is lost.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 
 from coded_invnet.client import AsyncClient, Client
 from coded_invnet.data import load_dataset
+from coded_invnet.tools.base_model import base_predictions_if_present
 from coded_invnet.tools.chaos import ChaosPlan
 from coded_invnet.tools.containers import (
     ContainerError,
@@ -98,17 +100,23 @@ async def kill_and_restart(system: RunningSystem, victim: ContainerSpec) -> floa
 
 
 async def load_with_kills(
-    system: RunningSystem, kills: Sequence[Kill], plan: ChaosPlan, model: str, dataset: str
+    system: RunningSystem,
+    kills: Sequence[Kill],
+    plan: ChaosPlan,
+    model: str,
+    dataset: str,
+    model_dir: str | Path,
 ) -> dict[str, Any]:
     test = load_dataset(dataset).test
     schedule = poisson_schedule(plan.rate_qps, plan.duration_s, plan.seed)
+    base = base_predictions_if_present(model_dir, test.images, len(schedule))
     chooser = random.Random(plan.seed)
     killed: list[str] = []
     killed_at_s: list[float] = []
     recovered_s: list[float] = []
     async with AsyncClient(system.frontend.target, model, plan.timeout_s) as client:
         load = asyncio.create_task(
-            run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s)
+            run_open_loop(client.predict, test.images, test.labels, schedule, plan.timeout_s, base)
         )
         start = time.perf_counter()
         for planned in kills:
@@ -174,7 +182,9 @@ def smoke(args: argparse.Namespace) -> dict[str, Any]:
         report["frontend"] = system.frontend.target
         report["clients"] = answers_through_clients(system, args.model, args.dataset)
         report["load"] = asyncio.run(
-            load_with_kills(system, [Kill(args.duration / 2, "worker")], plan, args.model, args.dataset)
+            load_with_kills(
+                system, [Kill(args.duration / 2, "worker")], plan, args.model, args.dataset, args.model_dir
+            )
         )
     report["machine_after"] = machine()
     clients = report["clients"]
@@ -187,7 +197,8 @@ def chaos(args: argparse.Namespace) -> dict[str, Any]:
     plan = ChaosPlan(args.duration, args.rate, args.kill_every, args.timeout, args.seed)
     report: dict[str, Any] = {"machine_before": machine()}
     with running(engine) as system:
-        result = asyncio.run(load_with_kills(system, chaos_kills(plan), plan, args.model, args.dataset))
+        kills = chaos_kills(plan)
+        result = asyncio.run(load_with_kills(system, kills, plan, args.model, args.dataset, args.model_dir))
         seconds_to_healthy = system.seconds_to_healthy
     return {
         **result,
@@ -217,6 +228,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         command.add_argument("--seed", type=int, default=0)
         command.add_argument("--model", default="mnist", help="model name on the frontend")
         command.add_argument("--dataset", default="mnist", help="test set the queries come from")
+        command.add_argument(
+            "--model-dir", default="models/mnist", help="the served models (for agreement with worker.onnx)"
+        )
     args = parser.parse_args(argv)
 
     try:

@@ -5,7 +5,8 @@
 Starts the system locally (coded_invnet.tools.launcher), streams the MNIST test set through the client SDK
 (one query per request, a bounded window in flight), SIGKILLs data worker `--victim` once `--kill-at` of
 the queries are answered, then prints and writes (results/demo.json) sent / answered / lost /
-reconstructed counts, accuracy overall and of the reconstructed answers, and latency percentiles.
+reconstructed counts, true-label accuracy and agreement with the base model (the answer worker.onnx itself
+gives that image with no fault), overall and of the reconstructed answers, and latency percentiles.
 """
 
 from __future__ import annotations
@@ -23,15 +24,16 @@ from tqdm import tqdm
 
 from coded_invnet.client import Client, StreamResult
 from coded_invnet.data import load_dataset
+from coded_invnet.tools.base_model import base_predictions
 from coded_invnet.tools.launcher import launch
 from coded_invnet.tools.openloop import Outcome, summarize
 
 
-def outcome(result: StreamResult, label: int) -> Outcome:
+def outcome(result: StreamResult, label: int, base: int) -> Outcome:
     if result.error is not None:
-        return Outcome(0.0, 0.0, result.error.status, -1, False, label)
+        return Outcome(0.0, 0.0, result.error.status, -1, False, label, base)
     p = result.predictions[0]
-    return Outcome(0.0, p.latency_ms, "OK", p.label, p.reconstructed, label)
+    return Outcome(0.0, p.latency_ms, "OK", p.label, p.reconstructed, label, base)
 
 
 def print_table(report: dict[str, Any]) -> None:
@@ -40,14 +42,16 @@ def print_table(report: dict[str, Any]) -> None:
         ("answered", report["answered"]),
         ("lost", report["lost"]),
         ("reconstructed", report["reconstructed"]),
-        ("accuracy (all answers)", report["accuracy"]),
-        ("accuracy (reconstructed)", report["reconstructed_accuracy"]),
+        ("true-label accuracy (all answers)", report["accuracy"]),
+        ("agreement with the base model (all)", report["agreement"]),
+        ("true-label accuracy (reconstructed)", report["reconstructed_accuracy"]),
+        ("agreement with the base model (reconstructed)", report["reconstructed_agreement"]),
         ("latency p50 / p99 / p99.9 (ms)", f"{report['p50_ms']} / {report['p99_ms']} / {report['p999_ms']}"),
         ("throughput (queries/s)", report["throughput_qps"]),
     ]
     print()
     for name, value in rows:
-        print(f"  {name:32s} {value}")
+        print(f"  {name:46s} {value}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         test = test.take(args.limit)
     sent = len(test)
+    base = base_predictions(args.model_dir, test.images)
     outcomes: dict[int, Outcome] = {}
     print(
         f"starting {args.k} data workers + parity worker, encoder, decoder, frontend (mode {args.mode}) ..."
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         victim = system.workers[args.victim % args.k]
         with Client(system.frontend.target, timeout_s=30) as client, tqdm(total=sent, unit="q") as bar:
             for result in client.stream(iter(test.images), window=args.window):
-                outcomes[result.index] = outcome(result, int(test.labels[result.index]))
+                index = result.index
+                outcomes[index] = outcome(result, int(test.labels[index]), int(base[index]))
                 bar.update()
                 if victim.alive() and len(outcomes) >= args.kill_at * sent:
                     victim.kill()

@@ -4,7 +4,11 @@ Closed-loop tools (Locust) slow down when the server does, hiding the tail (coor
 percentiles; here each request's latency runs from its *scheduled* start, so a stall shows up in full.
 
     python -m coded_invnet.tools.openloop --target localhost:8001 --rate 100 --duration 30 \
-        --out results/openloop.csv
+        --out results/openloop.csv --model-dir models/mnist
+
+Each summary reports true-label accuracy (answers against the test labels) and, given the base model
+(``--model-dir`` here, the model folder in the tools that launch the system), agreement with it: answers
+against the class the base model itself gives that image with no fault.
 """
 
 from __future__ import annotations
@@ -34,14 +38,20 @@ class Outcome:
     predicted: int  # -1 when it failed
     reconstructed: bool
     label: int
+    base: int = -1  # the base model's own class for the image; -1 when unknown
 
 
 Classify = Callable[[np.ndarray, float], Awaitable[Prediction]]
 
 
+def most_requests(rate_qps: float, duration_s: float) -> int:
+    """An upper bound on len(poisson_schedule(rate_qps, duration_s, any seed))."""
+    return int(rate_qps * duration_s * 1.5) + 16
+
+
 def poisson_schedule(rate_qps: float, duration_s: float, seed: int) -> np.ndarray:
     """Start times (s) of a Poisson process of rate ``rate_qps`` over ``duration_s``."""
-    gaps = np.random.default_rng(seed).exponential(1.0 / rate_qps, size=int(rate_qps * duration_s * 1.5) + 16)
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate_qps, size=most_requests(rate_qps, duration_s))
     starts = np.cumsum(gaps)
     return starts[starts < duration_s]
 
@@ -52,18 +62,25 @@ async def run_open_loop(
     labels: np.ndarray,
     schedule: Sequence[float] | np.ndarray,
     timeout_s: float,
+    base_labels: np.ndarray | None = None,
 ) -> list[Outcome]:
-    """Send images[i % N] at schedule[i] seconds from now; returns one Outcome per request, in send order."""
+    """Send images[i % N] at schedule[i] seconds from now; returns one Outcome per request, in send order.
+    ``base_labels`` (the base model's classes, see ``base_model.base_predictions``) is indexed like labels;
+    an image beyond its end has an unknown base (-1), so a short array makes agreement None, not wrong."""
     origin = time.perf_counter()
+    bases = np.zeros(0, np.int64) if base_labels is None else base_labels
 
     async def one(i: int, due: float) -> Outcome:
         image, label = images[i % len(images)], int(labels[i % len(labels)])
+        j = i % len(images)
+        base = int(bases[j]) if j < len(bases) else -1
         try:
             prediction = await classify(image, timeout_s)
             code, predicted, reconstructed = "OK", prediction.label, prediction.reconstructed
         except grpc.aio.AioRpcError as error:
             code, predicted, reconstructed = error.code().name, -1, False
-        return Outcome(due, (time.perf_counter() - origin - due) * 1e3, code, predicted, reconstructed, label)
+        latency_ms = (time.perf_counter() - origin - due) * 1e3
+        return Outcome(due, latency_ms, code, predicted, reconstructed, label, base)
 
     tasks = []
     for i, due in enumerate(schedule):
@@ -79,13 +96,20 @@ def percentile_ms(latencies: np.ndarray, q: float) -> float:
 
 
 def summarize(outcomes: Sequence[Outcome], duration_s: float) -> dict[str, float | int | None]:
-    """Counts, accuracy (all and reconstructed answers) and latency percentiles of answered requests."""
+    """Counts, true-label accuracy and agreement with the base model (of all and of reconstructed answers),
+    and latency percentiles of answered requests. Agreement is None where a group is empty or the base
+    class of any of its answers is unknown."""
     answered = [o for o in outcomes if o.code == "OK"]
     rebuilt = [o for o in answered if o.reconstructed]
     latencies = np.array([o.latency_ms for o in answered])
 
     def accuracy(group: Sequence[Outcome]) -> float | None:
         return round(sum(o.predicted == o.label for o in group) / len(group), 4) if group else None
+
+    def agreement(group: Sequence[Outcome]) -> float | None:
+        if not group or any(o.base < 0 for o in group):
+            return None
+        return round(sum(o.predicted == o.base for o in group) / len(group), 4)
 
     return {
         "sent": len(outcomes),
@@ -94,6 +118,8 @@ def summarize(outcomes: Sequence[Outcome], duration_s: float) -> dict[str, float
         "reconstructed": len(rebuilt),
         "accuracy": accuracy(answered),
         "reconstructed_accuracy": accuracy(rebuilt),
+        "agreement": agreement(answered),
+        "reconstructed_agreement": agreement(rebuilt),
         "p50_ms": percentile_ms(latencies, 50),
         "p99_ms": percentile_ms(latencies, 99),
         "p999_ms": percentile_ms(latencies, 99.9),
@@ -121,11 +147,14 @@ def tls_from_arguments(args: Any) -> TlsOptions | None:
 
 async def _main(args: argparse.Namespace) -> None:
     from coded_invnet.data import load_dataset
+    from coded_invnet.tools.base_model import base_predictions
 
     test = load_dataset(args.dataset).test
     schedule = poisson_schedule(args.rate, args.duration, args.seed)
+    # the frontend is remote: its base model is known only if given (no agreement without it)
+    base = None if args.model_dir is None else base_predictions(args.model_dir, test.images, len(schedule))
     async with AsyncClient(args.target, args.model, args.timeout, tls_from_arguments(args)) as client:
-        outcomes = await run_open_loop(client.predict, test.images, test.labels, schedule, args.timeout)
+        outcomes = await run_open_loop(client.predict, test.images, test.labels, schedule, args.timeout, base)
     write_csv(outcomes, args.out)
     print(summarize(outcomes, args.duration))
 
@@ -142,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="deadline of each request (s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/openloop.csv"), help="per-request CSV")
+    parser.add_argument(
+        "--model-dir", type=Path, default=None, help="the served model's folder (worker.onnx): adds agreement"
+    )
     add_tls_arguments(parser)
     asyncio.run(_main(parser.parse_args(argv)))
 

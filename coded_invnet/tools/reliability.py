@@ -4,7 +4,8 @@ load on one locally launched system, written to results/reliability.json.
     python -m coded_invnet.tools.reliability --out results/reliability.json   # = make reliability
 
 Faults, one phase each, are listed in `faults()`. Per phase: sent, answered, lost, errors by status code,
-reconstructed and their accuracy, p50 / p99.9 / max latency, and the frontend's peak resident memory.
+reconstructed, true-label accuracy and agreement with the base model (--model-dir's worker.onnx) of all and
+of the reconstructed answers, p50 / p99.9 / max latency, and the frontend's peak resident memory.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from coded_invnet.client import AsyncClient
 from coded_invnet.data import load_dataset
 from coded_invnet.proto import inference_pb2, inference_pb2_grpc
 from coded_invnet.serving.config import ServingConfig
+from coded_invnet.tools.base_model import base_predictions
 from coded_invnet.tools.launcher import System, launch, wait_serving
 from coded_invnet.tools.openloop import Outcome, poisson_schedule, run_open_loop, summarize
 
@@ -270,29 +272,37 @@ def phase_record(outcomes: list[Outcome], phase_s: float, peak_mb: float) -> dic
 async def run_phase(system: System, fault: Fault, args: argparse.Namespace, phase_s: float) -> dict[str, Any]:
     test = load_dataset(args.dataset).test
     schedule = poisson_schedule(args.rate, phase_s, args.seed)
+    base = base_predictions(args.model_dir, test.images, len(schedule))
     # a production client rides out a frontend restart within its deadline
     async with AsyncClient(system.frontend.target, args.model, args.timeout, wait_for_ready=True) as client:
         with PeakMemory(system) as memory:
-            load = run_open_loop(client.predict, test.images, test.labels, schedule, args.timeout)
+            load = run_open_loop(client.predict, test.images, test.labels, schedule, args.timeout, base)
             outcomes, details = await asyncio.gather(load, fault(system, phase_s))
     await asyncio.to_thread(wait_serving, list(system.services.values()), 60.0)  # before the next fault
     return {**phase_record(outcomes, phase_s, memory.peak_mb), **details}
 
 
+def _fraction(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """The report as the table docs/RESULTS.md shows."""
+    """The report as the table docs/RESULTS.md shows (reports written before agreement was measured show
+    "–" there)."""
     rows = [
-        "| fault | sent | answered | lost | errors | reconstructed (accuracy) | p50 ms | p99.9 ms | max ms "
+        "| fault | sent | answered | lost | errors | true-label accuracy | agreement with the base model "
+        "| reconstructed (true-label accuracy / agreement) | p50 ms | p99.9 ms | max ms "
         "| peak frontend RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in report["phases"]:
         errors = ", ".join(f"{code} {n}" for code, n in sorted(p["errors"].items())) or "none"
-        accuracy = "" if p["reconstructed_accuracy"] is None else f" ({p['reconstructed_accuracy']:.4f})"
+        rebuilt = p["reconstructed_accuracy"], p.get("reconstructed_agreement")
+        quality = "" if rebuilt == (None, None) else f" ({_fraction(rebuilt[0])} / {_fraction(rebuilt[1])})"
         rows.append(
             f"| {p['fault']} | {p['sent']} | {p['answered']} | {p['lost']} | {errors} | "
-            f"{p['reconstructed']}{accuracy} | {p['p50_ms']} | {p['p999_ms']} | {p['max_ms']} | "
-            f"{p['peak_frontend_rss_mb']} |"
+            f"{_fraction(p['accuracy'])} | {_fraction(p.get('agreement'))} | {p['reconstructed']}{quality} | "
+            f"{p['p50_ms']} | {p['p999_ms']} | {p['max_ms']} | {p['peak_frontend_rss_mb']} |"
         )
     return "\n".join(rows)
 

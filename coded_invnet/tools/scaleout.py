@@ -35,8 +35,15 @@ import numpy as np
 from coded_invnet.client import AsyncClient
 from coded_invnet.data import load_dataset
 from coded_invnet.serving.config import ServingConfig
+from coded_invnet.tools.base_model import base_predictions
 from coded_invnet.tools.launcher import launch
-from coded_invnet.tools.openloop import percentile_ms, poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.openloop import (
+    most_requests,
+    percentile_ms,
+    poisson_schedule,
+    run_open_loop,
+    summarize,
+)
 from coded_invnet.tools.system import System
 
 R = ServingConfig().parities  # the runs use the default code: one parity
@@ -116,6 +123,7 @@ def churn(system: System, duration_s: float, seed: int, events: list[dict[str, A
 
 async def pool_run(args: argparse.Namespace) -> dict[str, Any]:
     test = load_dataset(args.dataset).test
+    base = base_predictions(args.model_dir, test.images, most_requests(args.rate, args.duration))
     pool_size = 2 * (args.k + R)
     events: list[dict[str, Any]] = []
     with launch(
@@ -129,11 +137,11 @@ async def pool_run(args: argparse.Namespace) -> dict[str, Any]:
             # the second frontend's load ends before it is killed (its clients would lose their calls)
             main = run_open_loop(
                 client.predict, test.images, test.labels,
-                poisson_schedule(args.rate, args.duration, args.seed), args.timeout,
+                poisson_schedule(args.rate, args.duration, args.seed), args.timeout, base,
             )  # fmt: skip
             side = run_open_loop(
                 other.predict, test.images, test.labels,
-                poisson_schedule(args.rate / 2, 0.7 * args.duration, args.seed + 1), args.timeout,
+                poisson_schedule(args.rate / 2, 0.7 * args.duration, args.seed + 1), args.timeout, base,
             )  # fmt: skip
             changes = asyncio.to_thread(churn, system, args.duration, args.seed, events)
             outcomes, other_outcomes, second_counts = await asyncio.gather(main, side, changes)

@@ -10,24 +10,28 @@ from helpers import K
 from coded_invnet.tools import bench
 
 RECORD_KEYS = {"mode", "k", "fault", "p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy",
-               "reconstructed_fraction", "extra_compute"}  # fmt: skip
+               "agreement", "reconstructed_agreement", "reconstructed_fraction", "extra_compute"}  # fmt: skip
 
 
 def test_short_bench_writes_records_meta_and_plot(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "latency.json"
     bench.main(
-        f"--model-dir {model_dir} --ks {K} --modes coded-invnet --faults straggler,kill --duration 1.5 "
+        f"--model-dir {model_dir} --ks {K} --modes coded-invnet --faults none,straggler,kill --duration 1.5 "
         f"--rate 40 --out {out}".split()
     )
     records = json.loads(out.read_text())
     assert [(r["mode"], r["fault"]) for r in records] == [
+        ("coded-invnet", "none"),
         ("coded-invnet", "straggler"),
         ("coded-invnet", "kill"),
     ]
     for record in records:
         assert RECORD_KEYS <= record.keys()
         assert record["lost"] == 0 and record["k"] == K
-    assert records[1]["reconstructed_fraction"] > 0  # the killed worker's batches were decoded
+    # with no fault the answers are the base model's own (a reconstructed one may differ, rarely)
+    assert records[0]["agreement"] >= 0.95, records[0]
+    assert records[2]["reconstructed_fraction"] > 0  # the killed worker's batches were decoded
+    assert records[2]["reconstructed_agreement"] is not None
     assert json.loads(out.with_suffix(".meta.json").read_text())["command"].startswith(
         "python -m coded_invnet.tools.bench"
     )
