@@ -136,8 +136,8 @@ def train_parity_encoders(
 ) -> Path:
     """Train F_k with r parities, fine-tuned from the one-parity encoder at ``init_path`` (its parity 0),
     g, h frozen. Loss: KL(h(ẑ_S) ‖ base softmax) over SETS_PER_SIZE random missing sets S of each size
-    1..r decoded from their best parities (missing_sets, coding.decode_set), plus L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of
-    every parity m."""
+    1..r decoded from their best parities (missing_sets, coding.decode_set), plus
+    L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of every parity m."""
     torch.manual_seed(cfg.seed + k + 100 * r)
     rng = np.random.default_rng(cfg.seed + 31 * k + r)
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k + r)

@@ -16,8 +16,9 @@ from coded_invnet.training.parm import train_parity_network, train_parm
 from coded_invnet.training.recipe import (
     BASE_EPOCH_SCALE,
     DATASET_CODING_AWARE,
+    DEFAULT_EPOCHS,
     ENCODER_EPOCH_SCALE,
-    PARITY_EPOCH_SCALE,
+    PARITY_EPOCHS,
     PARM_EPOCH_SCALE,
     PARM_NET_EPOCH_SCALE,
     PARM_NET_SMALL_K_EPOCH_SCALE,
@@ -56,7 +57,7 @@ def plan(datasets: tuple[str, ...], ablations: bool) -> list[Job]:
             jobs.append(Job(ds, f"encoder_k{k}", "encoder", k, epoch_scale=encoder_scale))
             jobs.append(Job(ds, f"parm_k{k}", "parm", k, epoch_scale=parm_scale))
         for k, r in SHIPPED_PARITY_CODES:
-            name, scale = f"encoder_k{k}_r{r}", PARITY_EPOCH_SCALE
+            name, scale = f"encoder_k{k}_r{r}", PARITY_EPOCHS[ds, k, r] / DEFAULT_EPOCHS
             jobs.append(Job(ds, name, "encoder", k, epoch_scale=scale, parities=r))
         if not ablations:
             continue
