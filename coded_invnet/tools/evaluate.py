@@ -354,7 +354,18 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
         k, r = enc.spec.k, enc.spec.parities
         enc_macs = count_macs(enc, torch.rand(1, k, *shape))
         enc_us = time_onnx(path.with_suffix(".onnx"), np.random.rand(batch, k, *shape).astype(np.float32))
-        condition, gain = coding.worst_case(coding.parity_coefficients(k, r))
+        a = coding.parity_coefficients(k, r)
+        condition, gain = coding.worst_case(a)
+        used = {  # per number missing: the worst gain of the rows the frontend decodes from (best_rows)
+            str(s): round(
+                max(
+                    coding.error_gain(a, coding.best_rows(a, range(r), cols), cols)
+                    for cols in itertools.combinations(range(k), s)
+                ),
+                2,
+            )
+            for s in range(1, r + 1)
+        }
         per_code.append(
             {
                 "k": k,
@@ -366,6 +377,7 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
                 "extra_compute_measured": round((r * worker_us + enc_us) / (k * worker_us), 4),
                 "worst_condition_number": round(condition, 2),
                 "worst_error_gain": round(gain, 2),
+                "worst_error_gain_decoded": used,
             }
         )
     return {
