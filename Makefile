@@ -85,7 +85,7 @@ chaos-r2: setup
 	$(PY) -m coded_invnet.tools.chaos --duration 60 --k 10 --parities 2 --at-once 2 --out results/chaos-r2.json
 
 bench-r2: setup
-	$(PY) -m coded_invnet.tools.bench --modes coded-invnet --ks 10 --parities 2 --faults none,kill2,straggler2 \
+	$(PY) -m coded_invnet.tools.bench --modes coded-invnet --ks 10 --parities 2 --faults none,kill2,straggler2 --duration 60 \
 		--out results/latency-r2.json
 
 pool: setup

@@ -156,22 +156,49 @@ def evaluated_sets(k: int, r: int, missing: int, seed: int = 0) -> list[tuple[li
 @torch.no_grad()
 def decoded_set_predictions(
     base: BaseOutputs, images: torch.Tensor, groups: np.ndarray, encoder: FusionEncoder, missing: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(members (n,), predicted classes (n,)) over the evaluated_sets of every group (coding.decode_set)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(members (n,), predicted classes (n,), which of the evaluated_sets each came from (n,)) over the
+    evaluated_sets of every group (coding.decode_set)."""
     k, r = encoder.spec.k, encoder.spec.parities
     a = coding.parity_coefficients(k, r)
     sets = evaluated_sets(k, r, missing)
-    members, preds = [], []
+    members, preds, set_ids = [], [], []
     for start in range(0, len(groups), 200):
         idx = torch.from_numpy(groups[start : start + 200])
         z = base.z[idx].transpose(0, 1)  # (k, G, D)
         parities = encoder(images[idx]).flatten(0, 1)  # (G·r, C, H, W)
         z_p = base.model.g(parities).unflatten(0, (len(idx), r)).transpose(0, 1)  # (r, G, D)
-        for s, p in sets:
+        for i, (s, p) in enumerate(sets):
             decoded = coding.decode_set(a, p, z_p[p], z, s)  # (missing, G, D)
             preds.append(base.model.h(decoded).argmax(-1).flatten().numpy())
             members.append(idx.T[s].flatten().numpy())
-    return np.concatenate(members), np.concatenate(preds)
+            set_ids.append(np.full(len(s) * len(idx), i))
+    return np.concatenate(members), np.concatenate(preds), np.concatenate(set_ids)
+
+
+def set_records(
+    k: int, r: int, missing: int, labels: np.ndarray, base_preds: np.ndarray, decoded: tuple[np.ndarray, ...]
+) -> list[dict[str, Any]]:
+    """Per evaluated set S (decoded from P): its error gain, true-label accuracy and agreement with the
+    base model: how the accuracy follows ‖A[P, S]⁻¹‖₂."""
+    members, preds, set_ids = decoded
+    a = coding.parity_coefficients(k, r)
+    out = []
+    for i, (s, p) in enumerate(evaluated_sets(k, r, missing)):
+        chosen = set_ids == i
+        out.append(
+            {
+                "k": k,
+                "r": r,
+                "missing": s,
+                "parities": p,
+                "error_gain": round(coding.error_gain(a, p, s), 2),
+                "true_label_accuracy": round(float((preds[chosen] == labels[members[chosen]]).mean()), 4),
+                "agreement": round(float((preds[chosen] == base_preds[members[chosen]]).mean()), 4),
+                "decoded": int(chosen.sum()),
+            }
+        )
+    return out
 
 
 @torch.no_grad()
@@ -211,9 +238,14 @@ def parm_parity(parm: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
 
 
 def evaluate_dataset(
-    data: Dataset, model_dir: Path, limit: int | None, fits: list[dict[str, Any]] | None = None
+    data: Dataset,
+    model_dir: Path,
+    limit: int | None,
+    fits: list[dict[str, Any]] | None = None,
+    sets: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """The accuracy records of every model found; ``fits`` collects ParM's parm_fit per k."""
+    """The accuracy records of every model found; ``fits`` collects ParM's parm_fit per k, ``sets`` the
+    r-parity codes' set_records."""
     test = data.test.take(limit) if limit else data.test
     images, labels = torch.from_numpy(test.images), test.labels
     records: list[dict[str, Any]] = []
@@ -287,10 +319,11 @@ def evaluate_dataset(
         k, r = encoder.spec.k, encoder.spec.parities
         base = base_named("classifier")
         for missing in MISSING_EVALUATED[r]:
-            members, decoded = decoded_set_predictions(
-                base, images, groups_of(len(test), k), encoder, missing
-            )
-            add("coded-invnet", k, base.preds, decoded, members, r, missing)
+            found = decoded_set_predictions(base, images, groups_of(len(test), k), encoder, missing)
+            add("coded-invnet", k, base.preds, found[1], found[0], r, missing)
+            if sets is not None:
+                per_set = set_records(k, r, missing, labels, base.preds, found)
+                sets += [{"dataset": data.name, **record} for record in per_set]
     return records
 
 
@@ -401,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="results/accuracy.json")
     parser.add_argument("--overhead-out", default="results/overhead.json")
     parser.add_argument("--parm-fit-out", default="results/parm_fit.json")
+    parser.add_argument("--parity-sets-out", default="results/parity_sets.json")
     parser.add_argument("--datasets", default=",".join(SHIPPED_DATASETS))
     parser.add_argument("--models-dir", default="models")
     parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N test images only")
@@ -418,12 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     overheads = []
     fits: list[dict[str, Any]] = []
+    sets: list[dict[str, Any]] = []
     try:
         for ds in datasets:
             model_dir = Path(args.models_dir) / ds
             if not (model_dir / "classifier.pt").is_file():
                 raise ModelFileError(f"{model_dir / 'classifier.pt'} not found (run `make train`)")
-            records += evaluate_dataset(load_dataset(ds), model_dir, args.limit, fits)
+            records += evaluate_dataset(load_dataset(ds), model_dir, args.limit, fits, sets)
             overheads.append(measure_overhead(model_dir))
     except (DataError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -434,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json(Path(args.out).with_suffix(".meta.json"), meta)
     write_json(args.overhead_out, {"command": command, "datasets": overheads})
     write_json(args.parm_fit_out, {"command": command, "records": fits})
+    write_json(args.parity_sets_out, {"command": command, "sets": sets})
     for ds in datasets:
         record_metrics(
             Path(args.models_dir) / ds / "manifest.json", [r for r in records if r["dataset"] == ds], command
