@@ -44,7 +44,14 @@ from coded_invnet.tools.base_model import base_predictions
 from coded_invnet.tools.chaos import LauncherKiller
 from coded_invnet.tools.faults import ADMIN_TIMEOUT_S, STRAGGLER_DELAY_MS, STRAGGLER_PROBABILITY, straggler
 from coded_invnet.tools.launcher import System, launch
-from coded_invnet.tools.openloop import Outcome, most_requests, poisson_schedule, run_open_loop, summarize
+from coded_invnet.tools.openloop import (
+    Outcome,
+    most_requests,
+    percentile_ms,
+    poisson_schedule,
+    run_open_loop,
+    summarize,
+)
 
 FAULTS = ("none", "straggler", "kill")
 TWO_FAULTS = ("straggler2", "kill2")  # the same faults on two workers at once (for r >= 2)
@@ -155,12 +162,16 @@ async def run_round(
 def record(system: System, fault: str, tally: FaultTally, parities: int) -> dict[str, Any]:
     summary = summarize(tally.outcomes, tally.duration_s)
     answered = max(int(summary["answered"] or 0), 1)
+    # the tail of the answers that came straight from their worker: does a fault slow those too?
+    direct = np.array([o.latency_ms for o in tally.outcomes if o.code == "OK" and not o.reconstructed])
     return {
         "mode": system.mode,
         "k": system.k,
         **({"r": parities} if parities > 1 else {}),
         "fault": fault,
         **{key: summary[key] for key in ("p50_ms", "p99_ms", "p999_ms", "throughput_qps")},
+        "p99_ms_not_reconstructed": percentile_ms(direct, 99),
+        "p999_ms_not_reconstructed": percentile_ms(direct, 99.9),
         "accuracy": summary["accuracy"],  # true-label accuracy
         "agreement": summary["agreement"],  # with the base model's own answers
         "reconstructed_agreement": summary["reconstructed_agreement"],

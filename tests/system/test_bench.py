@@ -10,7 +10,8 @@ from helpers import K
 from coded_invnet.tools import bench
 
 RECORD_KEYS = {"mode", "k", "fault", "p50_ms", "p99_ms", "p999_ms", "throughput_qps", "accuracy",
-               "agreement", "reconstructed_agreement", "reconstructed_fraction", "extra_compute"}  # fmt: skip
+               "agreement", "reconstructed_agreement", "reconstructed_fraction", "extra_compute",
+               "p99_ms_not_reconstructed", "p999_ms_not_reconstructed"}  # fmt: skip
 
 
 def test_short_bench_writes_records_meta_and_plot(model_dir: Path, tmp_path: Path) -> None:
@@ -32,6 +33,7 @@ def test_short_bench_writes_records_meta_and_plot(model_dir: Path, tmp_path: Pat
     assert records[0]["agreement"] >= 0.95, records[0]
     assert records[2]["reconstructed_fraction"] > 0  # the killed worker's batches were decoded
     assert records[2]["reconstructed_agreement"] is not None
+    assert all(r["p999_ms_not_reconstructed"] > 0 for r in records)  # the answers straight from workers
     assert json.loads(out.with_suffix(".meta.json").read_text())["command"].startswith(
         "python -m coded_invnet.tools.bench"
     )
