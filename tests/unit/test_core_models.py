@@ -37,6 +37,7 @@ from coded_invnet.models.invresnet import (
     Squeeze,
 )
 from coded_invnet.tools.export import export_dataset
+from coded_invnet.training.encoder import load_widened
 from coded_invnet.training.recipe import base_spec
 
 AnyModule = TypeVar("AnyModule", bound=torch.nn.Module)
@@ -186,6 +187,20 @@ def test_parity_encoder_shapes_and_start(k: int, r: int) -> None:
     shipped = count_macs(FusionEncoder(EncoderSpec(k=k)), torch.rand(1, k, 1, 28, 28))
     worker = count_macs(InvNetClassifier(ClassifierSpec()), torch.rand(1, 1, 28, 28))
     assert count_macs(enc, torch.rand(1, k, 1, 28, 28)) <= shipped + 0.07 * (r - 1) * worker
+
+
+def test_a_wider_extra_kernel_starts_as_the_narrower_encoder() -> None:
+    """load_widened puts a 1×1 kernel at the centre of the wider one: the same function to start from."""
+    x = torch.rand(2, 4, 1, 28, 28)
+    narrow = FusionEncoder(EncoderSpec(k=4, parities=2))
+    wide = FusionEncoder(EncoderSpec(k=4, parities=2, extra_kernel=3))
+    with torch.no_grad():
+        for p in narrow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        load_widened(wide, narrow.state_dict())
+        assert wide.state_dict()["extra.0.0.weight"].shape[-2:] == (3, 3)
+        assert torch.allclose(wide(x), narrow(x), atol=1e-5)
+        assert not torch.allclose(FusionEncoder(EncoderSpec(k=4, parities=2, extra_kernel=3))(x), narrow(x))
 
 
 def test_one_parity_encoder_is_unchanged() -> None:
