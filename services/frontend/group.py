@@ -129,7 +129,6 @@ class CodingGroup:
         self._padding_known = padding_output is not None
         self._coded = cfg.mode in DECODABLE_MODES
         self._r = cfg.group_parities
-        self._coefficients = parity_coefficients(k, max(1, self._r))  # (r, k): which parities decode best
         self._parity_usable = self._coded  # False once the encoder, every parity path or the decoder failed
         self._parities: dict[int, np.ndarray] = {}  # parity row m → its output (z_p^(m) or parity logits)
         self._parity_failed: set[int] = set()
@@ -233,12 +232,16 @@ class CodingGroup:
         """The parity rows to decode ``missing`` from now: the best of those in, unless one on its way
         would cut the error gain by more than BETTER_ROWS_FACTOR (then [] until it comes, or until the
         straggler deadline)."""
-        have = best_rows(self._coefficients, list(self._parities), missing)
-        if not have or past_straggler or self._r == 1:
+        if self._r == 1:  # one parity: nothing to choose
+            return [0] if self._parities and len(missing) == 1 else []
+        # only on the recovery path, so no group pays for the code when its workers answer
+        a = parity_coefficients(self._k, self._r)
+        have = best_rows(a, list(self._parities), missing)
+        if not have or past_straggler:
             return have
         possible = [m for m in range(self._r) if m not in self._parity_failed]
-        best = best_rows(self._coefficients, possible, missing)
-        gain_now, gain_best = (error_gain(self._coefficients, rows, missing) for rows in (have, best))
+        best = best_rows(a, possible, missing)
+        gain_now, gain_best = (error_gain(a, rows, missing) for rows in (have, best))
         return have if gain_now <= BETTER_ROWS_FACTOR * gain_best else []
 
     def _decode(self, missing: list[int], rows: list[int]) -> None:
