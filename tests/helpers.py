@@ -292,7 +292,7 @@ class LinearBackends:
         if self.decoder_down:
             raise ConnectionError("decoder down")
         coefficients = parity_coefficients(len(members), self.parities)
-        out = decode_set(coefficients, parity_rows, parities, members, missing)  # (s, b, D)
+        out = decode_set(coefficients, parity_rows, parities, members, missing)  # (s, b, D) from (p, b, D)
         return out @ H if self.mode == "coded-invnet" else out
 
 

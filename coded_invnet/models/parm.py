@@ -54,10 +54,17 @@ def parity_network(spec: dict[str, Any]) -> nn.Module:
     return ParityModel(ClassifierSpec.from_json(fields), constrained=arch == SN_ARCH)
 
 
-def parity_spec(arch: str, base_spec: ClassifierSpec) -> dict[str, Any]:
-    """The stored spec of a parity model of ``arch`` for a base classifier of ``base_spec``."""
+def parity_spec(
+    arch: str,
+    base_spec: ClassifierSpec,
+    cnn_widths: tuple[int, int, int] | None = None,
+    cnn_hidden: int | None = None,
+) -> dict[str, Any]:
+    """The stored spec of a parity model of ``arch`` for a base classifier of ``base_spec``; the CNN's
+    widths and hidden size default to the shipped ones (ParityCNNSpec)."""
     assert arch in PARM_ARCHS, f"unknown ParM arch {arch!r}; expected one of {PARM_ARCHS}"
     if arch == "cnn":
-        shape = base_spec.image_shape
-        return ParityCNNSpec(image_shape=shape, num_classes=base_spec.num_classes).to_json()
+        shipped = ParityCNNSpec(image_shape=base_spec.image_shape, num_classes=base_spec.num_classes)
+        sizes = {"widths": cnn_widths or shipped.widths, "hidden": cnn_hidden or shipped.hidden}
+        return ParityCNNSpec(**{**shipped.to_json(), **sizes}).to_json()
     return {**base_spec.to_json(), "arch": arch}

@@ -443,9 +443,9 @@ class Encoder:
 
 
 class DecoderStub:
-    """Reconstructs the s <= r missing members of a coding group from s of its parities.
-    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
-    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    """Reconstructs the s <= r missing members of a coding group from p >= s of its parities (least
+    squares when p > s). Batch: "parities" [p, B, D] (coded-invnet: z_p of each; parm: parity logits),
+    "parity_rows" INT64 [p] (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
     ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
     coded-invnet), in the order of "missing".
     """
@@ -474,9 +474,9 @@ class DecoderStub:
 
 
 class DecoderServicer:
-    """Reconstructs the s <= r missing members of a coding group from s of its parities.
-    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
-    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    """Reconstructs the s <= r missing members of a coding group from p >= s of its parities (least
+    squares when p > s). Batch: "parities" [p, B, D] (coded-invnet: z_p of each; parm: parity logits),
+    "parity_rows" INT64 [p] (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
     ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
     coded-invnet), in the order of "missing".
     """
@@ -526,9 +526,9 @@ def add_DecoderServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Decoder:
-    """Reconstructs the s <= r missing members of a coding group from s of its parities.
-    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
-    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    """Reconstructs the s <= r missing members of a coding group from p >= s of its parities (least
+    squares when p > s). Batch: "parities" [p, B, D] (coded-invnet: z_p of each; parm: parity logits),
+    "parity_rows" INT64 [p] (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
     ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
     coded-invnet), in the order of "missing".
     """

@@ -158,9 +158,9 @@ class EncoderServicer(metaclass=_abc_1.ABCMeta):
 def add_EncoderServicer_to_server(servicer: EncoderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class DecoderStub:
-    """Reconstructs the s <= r missing members of a coding group from s of its parities.
-    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
-    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    """Reconstructs the s <= r missing members of a coding group from p >= s of its parities (least
+    squares when p > s). Batch: "parities" [p, B, D] (coded-invnet: z_p of each; parm: parity logits),
+    "parity_rows" INT64 [p] (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
     ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
     coded-invnet), in the order of "missing".
     """
@@ -175,9 +175,9 @@ class DecoderStub:
 
 @_typing.type_check_only
 class DecoderAsyncStub(DecoderStub):
-    """Reconstructs the s <= r missing members of a coding group from s of its parities.
-    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
-    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    """Reconstructs the s <= r missing members of a coding group from p >= s of its parities (least
+    squares when p > s). Batch: "parities" [p, B, D] (coded-invnet: z_p of each; parm: parity logits),
+    "parity_rows" INT64 [p] (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
     ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
     coded-invnet), in the order of "missing".
     """
@@ -188,9 +188,9 @@ class DecoderAsyncStub(DecoderStub):
     Describe: _aio.UnaryUnaryMultiCallable[_coded_pb2.DescribeRequest, _coded_pb2.ModelDescription]  # type: ignore[assignment]
 
 class DecoderServicer(metaclass=_abc_1.ABCMeta):
-    """Reconstructs the s <= r missing members of a coding group from s of its parities.
-    Batch: "parities" [s, B, D] (coded-invnet: z_p of each; parm: parity logits), "parity_rows" INT64 [s]
-    (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
+    """Reconstructs the s <= r missing members of a coding group from p >= s of its parities (least
+    squares when p > s). Batch: "parities" [p, B, D] (coded-invnet: z_p of each; parm: parity logits),
+    "parity_rows" INT64 [p] (which parities they are), "members" [k, B, D] (every member's z or logits; the rows of the missing
     ones are ignored) and "missing" INT64 [s]. Result: "logits" [s, B, 10] (and "z" [s, B, D] for
     coded-invnet), in the order of "missing".
     """

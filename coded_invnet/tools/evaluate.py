@@ -10,8 +10,8 @@ position in turn is the missing one, so every test query is recovered exactly on
 - "none" (no coding) has no answer for a missing worker and scores 0.
 Every record has ``r`` (parity workers) and ``missing`` (members missing at once). With r parities
 (encoder_k{k}_r{r}.pt) and s missing, every set of s members of every group (or a balanced sample of
-them, see evaluated_sets) is missing in turn, decoded from the s parities the frontend would use with
-all r answered (the lowest error gain), so each test query is recovered equally often.
+them, see evaluated_sets) is missing in turn, decoded as the frontend decodes it with all r answered
+(least squares over the r parities), so each test query is recovered equally often.
 Also writes results/overhead.json (MACs and onnxruntime time of F_k, the worker, the head, ParM's parity
 model; per (k, r) the worst condition number and error gain of the code), results/parm_fit.json (ParM's
 decoding error against the base's logit margin), the plot docs/accuracy_vs_k.png, and the
@@ -75,7 +75,7 @@ CODED_METHODS: dict[str, tuple[str, str]] = {
 }
 
 # r → the numbers of missing members the r-parity encoders are evaluated with
-MISSING_EVALUATED: dict[int, tuple[int, ...]] = {2: (1, 2), 3: (3,)}
+MISSING_EVALUATED: dict[int, tuple[int, ...]] = {2: (1, 2), 3: (1, 2, 3)}
 MAX_MISSING_SETS = 45  # every missing set up to this many per group (k = 10: every pair) ...
 MISSING_SET_ROUNDS = 4  # ... else k sets from each of this many random orders (k = 10, 3 missing: 40)
 # what the record fields measure, written beside the records (results/accuracy.meta.json)
@@ -140,7 +140,7 @@ def decoded_predictions(
 def evaluated_sets(k: int, r: int, missing: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
     """(S, P) pairs: every set S of ``missing`` members — or, past MAX_MISSING_SETS of them, the cyclic
     windows of MISSING_SET_ROUNDS random orders of the k members — each with the parities P the frontend
-    decodes it from when all r are in (coding.best_rows). Either way each member is missing equally
+    decodes it from when all r are in (coding.decoding_rows). Either way each member is missing equally
     often."""
     subsets = list(itertools.combinations(range(k), missing))
     if len(subsets) > MAX_MISSING_SETS:
@@ -149,8 +149,7 @@ def evaluated_sets(k: int, r: int, missing: int, seed: int = 0) -> list[tuple[li
         subsets = [
             tuple(sorted(int(o[(t + i) % k]) for i in range(missing))) for o in orders for t in range(k)
         ]
-    a = coding.parity_coefficients(k, r)
-    return [(list(s), coding.best_rows(a, range(r), s)) for s in subsets]
+    return [(list(s), coding.decoding_rows(range(r), s)) for s in subsets]
 
 
 @torch.no_grad()
@@ -389,10 +388,10 @@ def measure_overhead(model_dir: Path, repeats: int = 20) -> dict[str, Any]:
         enc_us = time_onnx(path.with_suffix(".onnx"), np.random.rand(batch, k, *shape).astype(np.float32))
         a = coding.parity_coefficients(k, r)
         condition, gain = coding.worst_case(a)
-        used = {  # per number missing: the worst gain of the rows the frontend decodes from (best_rows)
+        used = {  # per number missing: the worst gain of the decode with all r in (decoding_rows)
             str(s): round(
                 max(
-                    coding.error_gain(a, coding.best_rows(a, range(r), cols), cols)
+                    coding.error_gain(a, coding.decoding_rows(range(r), cols), cols)
                     for cols in itertools.combinations(range(k), s)
                 ),
                 2,

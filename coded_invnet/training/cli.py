@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, load_datase
 from coded_invnet.models.classifier import ClassifierSpec
 from coded_invnet.models.encoder import EncoderSpec
 from coded_invnet.models.parm import PARM_ARCHS, SN_ARCH
+from coded_invnet.models.parm_cnn import ParityCNNSpec
 from coded_invnet.training.classifier import train_base
 from coded_invnet.training.encoder import ENCODER_LOSSES, train_encoder, train_parity_encoders
 from coded_invnet.training.jobs import run_all
@@ -29,6 +31,23 @@ from coded_invnet.training.recipe import (
 )
 
 MAX_K = 64
+
+
+def widths(count: int) -> Callable[[str], tuple[int, ...]]:
+    """An argparse type: ``count`` positive comma-separated integers, e.g. 64,128."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or min(values) < 1:
+            raise argparse.ArgumentTypeError(
+                f"expected {count} positive comma-separated integers, got {text!r}"
+            )
+        return values
+
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +69,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-mixup", action="store_true")
     p.add_argument("--parm-arch", default=PARM_ARCH, choices=PARM_ARCHS, help="parm: the parity network")
+    cnn = ParityCNNSpec()
+    p.add_argument(
+        "--parm-widths",
+        type=widths(3),
+        help=f"parm, arch cnn: its three conv widths (default {','.join(map(str, cnn.widths))})",
+    )
+    p.add_argument("--parm-hidden", type=int, help=f"parm, arch cnn: its MLP width (default {cnn.hidden})")
     p.add_argument("--mixup-share", type=float, default=None, help="share of mixup batches (base)")
     p.add_argument(
         "--coding-aware",
@@ -68,7 +94,9 @@ def parser() -> argparse.ArgumentParser:
     shipped = ClassifierSpec()
     p.add_argument("--coeff", type=float, help=f"spectral-norm coefficient of g (default {shipped.coeff})")
     p.add_argument(
-        "--hidden", help=f"g's branch widths (default {','.join(map(str, shipped.hidden))}), e.g. 64,128"
+        "--hidden",
+        type=widths(2),
+        help=f"g's branch widths (default {','.join(map(str, shipped.hidden))}), e.g. 64,128",
     )
     p.add_argument("--head-hidden", type=int, help=f"h's hidden width (default {shipped.head_hidden})")
     p.add_argument("--shift", type=int, help="max training shift in pixels (default per data set)")
@@ -86,12 +114,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _train_base(args: argparse.Namespace, cfg: RunConfig) -> None:
     name = args.name or ("classifier_nomixup" if args.no_mixup else "classifier")
-    hidden = None
-    if args.hidden:
-        widths = tuple(int(v) for v in args.hidden.split(","))
-        assert len(widths) == 2, "--hidden takes two widths"
-        hidden = (widths[0], widths[1])
-    spec = base_spec(args.dataset, args.coeff, hidden, args.head_hidden)
+    spec = base_spec(args.dataset, args.coeff, args.hidden, args.head_hidden)
     augment = augment_for(args.dataset)
     if args.shift is not None or args.flip:
         augment = (augment[0] if args.shift is None else args.shift, args.flip)
@@ -143,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             train_parm(cfg, load_dataset(args.dataset), base, args.k, name)
         else:
             init = Path(args.init) if args.init else None
-            train_parity_network(cfg, load_dataset(args.dataset), base, args.k, name, args.parm_arch, init)
+            data = load_dataset(args.dataset)
+            train_parity_network(
+                cfg, data, base, args.k, name, args.parm_arch, init, args.parm_widths, args.parm_hidden
+            )
     except (DataError, ModelFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -101,11 +101,10 @@ def train_encoder(cfg: RunConfig, data: Dataset, base_path: Path, k: int, loss_k
 
 
 def missing_sets(k: int, r: int, count: int, rng: np.random.Generator) -> list[tuple[list[int], list[int]]]:
-    """``count`` random sets of missing members S of every size |S| in 1..r, each with the |S| parities
-    P the frontend decodes it from when all r are in (coding.best_rows): what serving uses is trained."""
-    a = coding.parity_coefficients(k, r)
+    """``count`` random sets of missing members S of every size |S| in 1..r, each with the parities P
+    the frontend decodes it from when all r are in (coding.decoding_rows): what serving uses is trained."""
     sets = [sorted(rng.choice(k, s, replace=False).tolist()) for s in range(1, r + 1) for _ in range(count)]
-    return [(missing, coding.best_rows(a, range(r), missing)) for missing in sets]
+    return [(missing, coding.decoding_rows(range(r), missing)) for missing in sets]
 
 
 def load_widened(encoder: FusionEncoder, state: dict[str, torch.Tensor]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ from coded_invnet.data import Dataset
 from coded_invnet.models.classifier import InvNetClassifier
 from coded_invnet.models.encoder import MeanEncoder
 from coded_invnet.models.invresnet import to_plain
-from coded_invnet.models.parm import SN_ARCH, ParityModel, parity_network, parity_spec
+from coded_invnet.models.parm import SN_ARCH, ParityModel, arch_of, parity_network, parity_spec
 from coded_invnet.training.groups import group_training, sample_indices
 from coded_invnet.training.loop import (
     RunConfig,
@@ -80,9 +81,11 @@ def base_logits(
     return logits
 
 
-def initial_parity_network(arch: str, base: InvNetClassifier) -> nn.Module:
-    """A parity model of ``arch`` to train: the base-architecture ones start from the base's weights."""
-    parity = parity_network(parity_spec(arch, base.spec))
+def initial_parity_network(spec: dict[str, Any], base: InvNetClassifier) -> nn.Module:
+    """A parity model of ``spec`` (parity_spec) to train: the base-architecture ones start from the base's
+    weights."""
+    arch = arch_of(spec)
+    parity = parity_network(spec)
     if isinstance(parity, ParityModel):
         constrained = ParityModel(base.spec)
         constrained.net.load_state_dict(base.state_dict())
@@ -114,18 +117,21 @@ def train_parity_network(
     name: str,
     arch: str = PARM_ARCH,
     init: Path | None = None,
+    cnn_widths: tuple[int, int, int] | None = None,
+    cnn_hidden: int | None = None,
 ) -> Path:
     """ParM with a parity network of ``arch`` (default the shipped CNN): P(mean_i x_i) ≈ mean_i f(x_i)
     in logit space (MSE, as ParM), on random groups of k training images with the base's logits cached;
     an epoch is one pass of batch_size groups a step over the training images. Early stopping on the
     validation agreement (PARM_PATIENCE epochs), at most cfg.epochs. ``init``: a parity model file of
-    ``arch`` to continue from."""
+    ``arch`` to continue from; ``cnn_widths``/``cnn_hidden``: a CNN of other sizes than the shipped one."""
     torch.manual_seed(cfg.seed + 100 + k)
     base = load_classifier(base_path).to(cfg.device).requires_grad_(False)
     x_train, _ = tensors(train_split(data, cfg), cfg.device)
     x_val, y_val = tensors(val_split(data, cfg), cfg.device)
     targets = base_logits(cfg, base_path, base, {"train": x_train, "val": x_val})
-    parity = initial_parity_network(arch, base).to(cfg.device)
+    spec = parity_spec(arch, base.spec, cnn_widths, cnn_hidden)
+    parity = initial_parity_network(spec, base).to(cfg.device)
     if init is not None:
         parity.load_state_dict(load_parm(init).state_dict())
     gen = torch.Generator().manual_seed(cfg.seed + 31 * k)
@@ -149,7 +155,7 @@ def train_parity_network(
         name,
         "parm",
         best,
-        spec=parity_spec(arch, base.spec),
+        spec=spec,
         k=k,
         encoder="mean",
         val_recovery=score,

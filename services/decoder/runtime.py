@@ -31,9 +31,9 @@ class DecoderRuntime:
             self.head.load()
 
     async def decode(self, feeds: dict[str, np.ndarray]) -> Computed:
-        """feeds: "parities" (s, B, D) from the parity rows "parity_rows" (s,), "members" (k, B, D) (the
-        rows of the s members in "missing" (s,) are ignored) → "logits" (s, B, classes) [+ "z" (s, B, D)],
-        in the order of "missing"."""
+        """feeds: "parities" (p, B, D) from the parity rows "parity_rows" (p,), p ≥ s (least squares
+        when p > s), "members" (k, B, D) (the rows of the s members in "missing" (s,) are ignored)
+        → "logits" (s, B, classes) [+ "z" (s, B, D)], in the order of "missing"."""
         if set(feeds) != set(INPUTS):
             raise InvalidInput(f"inputs {sorted(feeds)} given; the decoder takes {list(INPUTS)}")
         start = time.perf_counter()

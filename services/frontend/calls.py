@@ -49,6 +49,6 @@ class Backends(Protocol):
         parities: np.ndarray,
         members: np.ndarray,
     ) -> np.ndarray:
-        """The s parities of `parity_rows` (s, b, D) and every member (k, b, D; the rows of `missing`
+        """The p ≥ s parities of `parity_rows` (p, b, D) and every member (k, b, D; the rows of `missing`
         any values) → logits (s, b, classes) of the s members `missing`, in that order."""
         ...

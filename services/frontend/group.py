@@ -10,8 +10,9 @@ of the k batches.
 The k data batches go out at once; the parity path (one encoder call for the r parity batches, then
 parity batch m to parity worker m) starts after the hedge delay (`ParityDelay`), or at once when a batch
 fails. A query is answered as soon as its own batch is in, or as soon as any k of the k + r results are
-in: the s ≤ r missing data batches are decoded in one decoder call from the s parities that multiply
-the error least (`coding.best_rows`; a much better one on its way is waited for, `BETTER_ROWS_FACTOR`;
+in: the s ≤ r missing data batches are decoded in one decoder call from every parity in (least
+squares, `coding.decoding_rows`; a parity on its way that would cut the error gain much is waited for,
+`BETTER_ROWS_FACTOR`;
 `decode_wait_ms` can give the last batches a little longer); the straggling calls are then cancelled.
 
 Recovery, so that nothing is lost and no group waits for a backend's 10 s deadline:
@@ -35,7 +36,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from coded_invnet.coding import best_rows, error_gain, parity_coefficients
+from coded_invnet.coding import decoding_rows, error_gain, parity_coefficients
 from coded_invnet.serving.config import DECODABLE_MODES, ServingConfig
 from coded_invnet.serving.errors import Unavailable
 from coded_invnet.serving.policies import RecoveryPolicy
@@ -43,9 +44,9 @@ from services.frontend.calls import Backends, WorkerOutput
 from services.frontend.queue import Query
 
 LATE_HEDGE_FACTOR = 10
-# With r ≥ 2 the missing batches are decoded from the parities in that multiply the error least; a
-# parity on its way that would cut that gain by more than this factor is waited for (to the straggler
-# deadline at most): on k = 10, r = 2, one member decoded from parity 1 alone can have gain 52 against 10
+# With r ≥ 2 the missing batches are decoded from every parity in; a parity on its way that would cut
+# the error gain by more than this factor is waited for (to the straggler deadline at most): on k = 10,
+# r = 2, one member decoded from parity 1 alone can have gain 52 against 10 from both
 BETTER_ROWS_FACTOR = 2.0
 RESEND_BACKOFF_S = 0.05
 MAX_RESEND_BACKOFF_S = 1.0
@@ -229,23 +230,23 @@ class CodingGroup:
             self._parity_calls[task] = m
 
     def _decode_rows(self, missing: list[int], past_straggler: bool) -> list[int]:
-        """The parity rows to decode ``missing`` from now: the best of those in, unless one on its way
-        would cut the error gain by more than BETTER_ROWS_FACTOR (then [] until it comes, or until the
-        straggler deadline)."""
+        """The parity rows to decode ``missing`` from now: every one in, unless one on its way would cut
+        the error gain by more than BETTER_ROWS_FACTOR (then [] until it comes, or until the straggler
+        deadline)."""
         if self._r == 1:  # one parity: nothing to choose
             return [0] if self._parities and len(missing) == 1 else []
         # only on the recovery path, so no group pays for the code when its workers answer
         a = parity_coefficients(self._k, self._r)
-        have = best_rows(a, list(self._parities), missing)
+        have = decoding_rows(list(self._parities), missing)
         if not have or past_straggler:
             return have
         possible = [m for m in range(self._r) if m not in self._parity_failed]
-        best = best_rows(a, possible, missing)
+        best = decoding_rows(possible, missing)
         gain_now, gain_best = (error_gain(a, rows, missing) for rows in (have, best))
         return have if gain_now <= BETTER_ROWS_FACTOR * gain_best else []
 
     def _decode(self, missing: list[int], rows: list[int]) -> None:
-        parities = np.stack([self._parities[m] for m in rows])  # (s, b, D)
+        parities = np.stack([self._parities[m] for m in rows])  # (p, b, D)
         members = np.stack([self._member_output(i, parities[0]) for i in range(self._k)])  # (k, b, D)
         self._decoding, self._decode_started = missing, self._clock()
         self._decode_call = self._spawn(self._backends.decode(self._id, missing, rows, parities, members))

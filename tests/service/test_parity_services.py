@@ -62,7 +62,7 @@ def test_decoder_reconstructs_every_missing_set(models: Path) -> None:
     logits, latents = np.stack([r[0] for r in runs]), np.stack([r[1] for r in runs])  # (k, B, ·)
     a = parity_coefficients(K, R)
     parities = np.einsum("mk,kbd->mbd", a, latents).astype(np.float32)  # exact parities (r, B, D)
-    cases = [([1, 3], [0, 1]), ([3, 0], [1, 0]), ([2], [1]), ([0], [0])]
+    cases = [([1, 3], [0, 1]), ([3, 0], [1, 0]), ([2], [1]), ([0], [0]), ([2], [0, 1])]  # last: least squares
 
     async def scenario() -> None:
         async with running(start_decoder, service_config("decoder", models, k=K, parities=R)) as channel:

@@ -25,20 +25,38 @@ def test_coefficients_decode_every_missing_set(k: int, r: int) -> None:
     assert condition < 100 and gain < 25 * k
 
 
-def test_best_rows_take_the_lowest_error_gain_of_those_available() -> None:
+def test_decoding_from_every_parity_in_has_the_lowest_error_gain() -> None:
     a = coding.parity_coefficients(10, 2)
     assert coding.error_gain(a, [0], [5]) == pytest.approx(10.0)
     assert coding.error_gain(a, [1], [5]) == pytest.approx(1 / abs(a[1, 5]))  # 52.4: a small coefficient
-    assert coding.best_rows(a, [0, 1], [5]) == [0]
-    assert coding.best_rows(a, [0, 1], [6]) == [1]  # |A[1, 6]| > 1/k: row 1 decodes it better
-    assert coding.best_rows(a, [1], [5]) == [1]  # the only one in
-    assert coding.best_rows(a, [0, 1], [2, 7]) == [0, 1]
-    assert coding.best_rows(a, [1], [2, 7]) == []  # too few
+    assert coding.error_gain(a, [0, 1], [5]) == pytest.approx(1 / np.linalg.norm(a[:, 5]))  # 9.8
     assert coding.error_gain(a, [0], [2, 7]) == float("inf")
-    _, worst = coding.worst_case(a)
-    for s in range(1, 3):  # the best rows are never worse than the worst case
-        for missing in itertools.combinations(range(10), s):
-            assert coding.error_gain(a, coding.best_rows(a, [0, 1], missing), missing) <= worst + 1e-9
+    assert coding.decoding_rows([1, 0], [5]) == [0, 1]
+    assert coding.decoding_rows([1], [5]) == [1]  # the only one in
+    assert coding.decoding_rows([1], [2, 7]) == []  # too few
+    for k, r in [(10, 2), (10, 3), (4, 3)]:
+        a = coding.parity_coefficients(k, r)
+        for s in range(1, r + 1):
+            for missing in itertools.combinations(range(k), s):
+                subsets = itertools.combinations(range(r), s)
+                best_square = min(coding.error_gain(a, rows, missing) for rows in subsets)
+                assert coding.error_gain(a, list(range(r)), missing) <= best_square + 1e-9
+
+
+def test_least_squares_decode_multiplies_parity_noise_by_its_error_gain() -> None:
+    """One member of k = 10 from both parities, each off by independent noise: the decoded latent is off
+    by the gain 1/‖A[:, j]‖ times the noise (RMS over many coordinates), below either parity alone."""
+    rng = np.random.default_rng(0)
+    a = coding.parity_coefficients(10, 2)
+    members = rng.normal(size=(10, 1, 20_000))  # (k, B, D)
+    noise = 1e-3 * rng.normal(size=(2, 1, 20_000))
+    parities = np.einsum("mk,kbd->mbd", a, members) + noise  # (r, B, D)
+    for j in range(10):
+        error = coding.decode_set(a, [0, 1], parities, members, [j])[0] - members[j]
+        rms = float(np.sqrt(np.mean(error**2)))
+        assert rms == pytest.approx(1e-3 * coding.error_gain(a, [0, 1], [j]), rel=0.03)
+        alone = min(coding.error_gain(a, [m], [j]) for m in range(2))
+        assert rms < 1e-3 * alone
 
 
 def test_one_parity_code_is_the_mean_code() -> None:
@@ -48,15 +66,15 @@ def test_one_parity_code_is_the_mean_code() -> None:
 @pytest.mark.parametrize("lib", ["numpy", "torch"])
 @pytest.mark.parametrize(("k", "r"), [(4, 3), (10, 2), (10, 3)])
 def test_decode_set_rebuilds_every_missing_set(lib: str, k: int, r: int) -> None:
-    """From exact parities Σ_i A[m, i] z_i, every set of up to r missing members is rebuilt from any
-    parities of its size; the missing rows' contents do not matter."""
+    """From exact parities Σ_i A[m, i] z_i, every set of up to r missing members is rebuilt from every
+    choice of parities of its size or more; the missing rows' contents do not matter."""
     rng = np.random.default_rng(0)
     a = coding.parity_coefficients(k, r)
     members = rng.normal(size=(k, 3, 5)).astype(np.float32)  # (k, B, D)
     parities = np.einsum("mk,kbd->mbd", a, members).astype(np.float32)  # (r, B, D)
     for s in range(1, r + 1):
-        for missing in itertools.combinations(range(k), s):
-            rows = list(itertools.combinations(range(r), s))[len(missing) % max(1, r - s + 1)]
+        choices = [rows for p in range(s, r + 1) for rows in itertools.combinations(range(r), p)]
+        for missing, rows in itertools.product(itertools.combinations(range(k), s), choices):
             garbled = members.copy()
             garbled[list(missing)] = 1e3
             given = parities[list(rows)]
@@ -86,7 +104,7 @@ def test_decode_set_and_coefficients_reject_bad_input() -> None:
     with pytest.raises(coding.CodingError, match="missing"):
         coding.decode_set(a, [0, 1, 1], np.zeros((3, 2, 3)), members, [0, 1, 2])
     with pytest.raises(coding.CodingError, match="parities"):
-        coding.decode_set(a, [0], parities, members, [1, 2])
+        coding.decode_set(a, [0], parities[:1], members, [1, 2])
     with pytest.raises(coding.CodingError, match="expected members"):
         coding.decode_set(a, [0, 1], parities, np.zeros((9, 2, 3)), [1, 2])
     with pytest.raises(coding.CodingError, match="r .parity workers."):

@@ -94,10 +94,11 @@ def test_evaluate_writes_records(smoke_models: Path, tmp_path: Path) -> None:
     coded = {(r["r"], r["missing"]): r for r in records if r["method"] == "coded-invnet"}
     assert set(coded) == {(1, 1), (2, 1), (2, 2)}
     assert coded[2, 2]["n_queries"] == 200  # k = 2, both members missing: each query decoded once
-    assert coded[2, 1]["n_queries"] == 200  # one missing, from its best parity: each query once
+    assert coded[2, 1]["n_queries"] == 200  # one missing, from both parities: each query once
     sets = json.loads((tmp_path / "sets.json").read_text())["sets"]
-    assert [(s["missing"], s["parities"]) for s in sets] == [([0], [0]), ([1], [0]), ([0, 1], [0, 1])]
-    assert sum(s["decoded"] for s in sets if len(s["missing"]) == 2) == 200 and sets[0]["error_gain"] == 2.0
+    assert [(s["missing"], s["parities"]) for s in sets] == [([0], [0, 1]), ([1], [0, 1]), ([0, 1], [0, 1])]
+    assert sum(s["decoded"] for s in sets if len(s["missing"]) == 2) == 200
+    assert sets[0]["error_gain"] == 1.41  # least squares over both: 1/‖A[:, 0]‖ = √2, below row 0's 2
     assert json.loads((tmp_path / "acc.meta.json").read_text())["metrics"] == evaluate.METRICS
     assert report.PARITY_BEGIN in (tmp_path / "R.md").read_text()
     fits = json.loads((tmp_path / "fit.json").read_text())["records"]

@@ -21,8 +21,10 @@ def test_every_missing_set_is_recovered_exactly(k: int, r: int) -> None:
     latents = np.random.default_rng(k + r).normal(size=(k, 3, 6))  # (k, B, D)
     parities = np.einsum("mk,kbd->mbd", parity_coefficients(k, r), latents)  # (r, B, D)
     for s in range(1, r + 1):
-        for missing in itertools.islice(itertools.combinations(range(k), s), 12):
-            rows = list(range(r))[-s:]  # the last s parities: not only the mean
+        choices = (list(range(r))[-s:], list(range(r)))  # the last s parities (not only the mean); all r
+        for missing, rows in itertools.product(
+            itertools.islice(itertools.combinations(range(k), s), 12), choices
+        ):
             members = latents.copy()
             members[list(missing)] = 1e3  # ignored
             feeds = {

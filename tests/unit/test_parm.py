@@ -40,7 +40,7 @@ def _has_spectral_norm(model: torch.nn.Module) -> bool:
 def test_parity_network_round_trips_through_its_file(
     arch: str, base: InvNetClassifier, tmp_path: Path
 ) -> None:
-    parity = initial_parity_network(arch, base).eval()
+    parity = initial_parity_network(parity_spec(arch, base.spec), base).eval()
     spec = parity_spec(arch, base.spec)
     path = tmp_path / "parm.pt"
     save_checkpoint(path, "parm", parity.state_dict(), spec=spec, k=2, encoder="mean")
@@ -69,7 +69,7 @@ def test_a_spec_without_arch_is_the_spectrally_normalised_base_architecture(
 
 
 def test_unconstrained_base_architecture_starts_as_the_base(base: InvNetClassifier) -> None:
-    parity = initial_parity_network("invnet", base).eval()
+    parity = initial_parity_network(parity_spec("invnet", base.spec), base).eval()
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         assert torch.allclose(parity(x), base(x)[0], atol=1e-4)
@@ -77,7 +77,7 @@ def test_unconstrained_base_architecture_starts_as_the_base(base: InvNetClassifi
 
 @pytest.mark.parametrize("arch", ["cnn", "invnet"])
 def test_parity_network_onnx_matches_torch(arch: str, base: InvNetClassifier, tmp_path: Path) -> None:
-    parity = initial_parity_network(arch, base)
+    parity = initial_parity_network(parity_spec(arch, base.spec), base)
     parity.train()
     with torch.no_grad():  # batch norm statistics away from their initial values
         parity(torch.rand(64, 1, 28, 28) * 2)
@@ -118,6 +118,17 @@ def test_parity_network_training_step_runs(tmp_path: Path) -> None:
     )
     continued = dict(load_parm(tmp_path / "m" / "mnist" / "parm_cont.pt").named_parameters())
     assert all(torch.equal(first[key], continued[key]) for key in first)
+    # a larger parity CNN than the shipped one, stored with its sizes
+    assert cli.main([*args, "--name", "parm_big", "--parm-widths", "8,16,24", "--parm-hidden", "40"]) == 0
+    big = load_parm(tmp_path / "m" / "mnist" / "parm_big.pt")
+    assert isinstance(big, ParityCNN) and (big.spec.widths, big.spec.hidden) == ((8, 16, 24), 40)
+
+
+def test_sizes_that_are_not_widths_are_refused_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["parm", "--parm-widths", "8,16"])
+    message = "--parm-widths: expected 3 positive comma-separated integers, got '8,16'"
+    assert message in capsys.readouterr().err
 
 
 def _tiny_base(folder: Path) -> Path:
