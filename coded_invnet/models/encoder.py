@@ -19,6 +19,8 @@ from torch import nn
 from coded_invnet.coding import parity_coefficients
 from coded_invnet.models.spec import JsonSpec
 
+PARITY0_KERNEL = 3  # the hidden conv kernel of parity 0's fuse net
+
 
 @dataclass(frozen=True)
 class EncoderSpec(JsonSpec):
@@ -30,7 +32,7 @@ class EncoderSpec(JsonSpec):
     extra_kernel: int = 1  # parities 1..r-1: kernel of their fuse net's hidden conv (parity 0: 3)
 
 
-def _fuse_net(spec: EncoderSpec, c: int, kernel: int = 3) -> nn.Sequential:
+def _fuse_net(spec: EncoderSpec, c: int, kernel: int = PARITY0_KERNEL) -> nn.Sequential:
     """(combined features ⊕ combined pixels) → pixel correction; starts at zero (the pixel combination).
     Parities 1..r-1 use a ``spec.extra_kernel`` hidden conv (1×1: a ninth of the MACs of parity 0's 3×3)."""
     correction = nn.Conv2d(spec.fuse_width, c, 3, padding=1)

@@ -13,7 +13,7 @@ from coded_invnet import coding
 from coded_invnet.checkpoint import load_encoder
 from coded_invnet.data import Dataset
 from coded_invnet.models.classifier import InvNetClassifier
-from coded_invnet.models.encoder import EncoderSpec, FusionEncoder
+from coded_invnet.models.encoder import PARITY0_KERNEL, EncoderSpec, FusionEncoder
 from coded_invnet.training.groups import group_training
 from coded_invnet.training.loop import RunConfig, Stateful, epoch_loop, write_model
 from coded_invnet.training.losses import decoded_agreement
@@ -123,6 +123,21 @@ def load_widened(encoder: FusionEncoder, state: dict[str, torch.Tensor]) -> None
     encoder.load_state_dict(own)
 
 
+def initial_parity_encoder(spec: EncoderSpec, init: FusionEncoder) -> FusionEncoder:
+    """An r-parity encoder that starts from ``init``: parity 0 and the branch from it. From a one-parity
+    encoder, a parity whose row is a weighted mean (every coefficient positive) and whose fuse net has
+    parity 0's kernel starts with parity 0's correction (the mean's, the nearest one known), any other
+    at its pixel combination Σ_i A[m, i] x_i; from an r-parity encoder, every parity where it ended."""
+    enc = FusionEncoder(spec)
+    load_widened(enc, init.state_dict())
+    if init.spec.parities == 1 and spec.extra_kernel == PARITY0_KERNEL:
+        rows = coding.parity_coefficients(spec.k, spec.parities)[1:]
+        for row, extra in zip(rows, enc.extra, strict=True):
+            if (row > 0).all():
+                extra.load_state_dict(enc.fuse.state_dict())
+    return enc
+
+
 def train_parity_encoders(
     cfg: RunConfig,
     data: Dataset,
@@ -142,10 +157,7 @@ def train_parity_encoders(
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k + r)
     base = run.base
     spec = EncoderSpec(image_shape=base.spec.image_shape, k=k, parities=r, extra_kernel=extra_kernel)
-    enc = FusionEncoder(spec).to(cfg.device)
-    # parity 0 from the one-parity encoder; the others start at their pixel combination Σ_i A[m, i] x_i
-    # (or, from an r-parity encoder, where it ended)
-    load_widened(enc, load_encoder(init_path).state_dict())
+    enc = initial_parity_encoder(spec, load_encoder(init_path)).to(cfg.device)
     a = coding.parity_coefficients(k, r)  # (r, k)
     a_t = torch.as_tensor(a, dtype=torch.float32, device=cfg.device)
     val_sets = missing_sets(k, r, 3, np.random.default_rng(cfg.seed))

@@ -16,9 +16,11 @@ from helpers import REPO_ROOT
 
 from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier, read_torch_file
 from coded_invnet.data import DataError, load_dataset, read_idx
+from coded_invnet.models.encoder import PARITY0_KERNEL, EncoderSpec, FusionEncoder
 from coded_invnet.tools import evaluate, report
 from coded_invnet.training import cli, jobs, recipe
 from coded_invnet.training.average import WeightAverage
+from coded_invnet.training.encoder import initial_parity_encoder
 
 REPO = REPO_ROOT
 
@@ -240,3 +242,19 @@ def test_training_runs_as_a_module() -> None:
     assert done.stdout.startswith("usage: python -m coded_invnet.training")
     assert "{base,encoder,parm,all}" in done.stdout
     assert "coded_invnet.training all" in (REPO / "Makefile").read_text()
+
+
+def test_a_weighted_mean_parity_starts_from_the_mean_correction() -> None:
+    """k = 10, r = 2 (row 1 positive): parity 1 starts as parity 0's trained correction; k = 4, r = 2
+    (a signed row): at its pixel combination, a zero correction."""
+    torch.manual_seed(0)
+    for k, copied in ((10, True), (4, False)):
+        one = FusionEncoder(EncoderSpec(k=k))
+        for p in one.fuse.parameters():
+            torch.nn.init.normal_(p, std=0.1)  # a trained, non-zero correction
+        enc = initial_parity_encoder(EncoderSpec(k=k, parities=2, extra_kernel=PARITY0_KERNEL), one)
+        for got, want in zip(enc.extra[0].parameters(), one.fuse.parameters(), strict=True):
+            assert torch.equal(got, want) == copied
+        assert torch.equal(enc.fuse.state_dict()["0.weight"], one.fuse.state_dict()["0.weight"])
+        if not copied:
+            assert not enc.extra[0].state_dict()["2.weight"].any()  # the correction conv starts at zero
