@@ -26,19 +26,20 @@ SHIPPED_PARITY_CODES = ((10, 2), (4, 2), (10, 3), (4, 3))  # (k, r ≥ 2) of the
 
 # Rows 2..r of A, scaled by k (row 1 is all ones: the mean); every square submatrix A[P, S] with
 # |P| = |S| ≤ r is invertible. Decoding multiplies a parity's latent error by the error gain
-# ‖A[P, S]⁻¹‖₂ (k for one parity). The signed rows have the norm of the first and were chosen by a
-# numerical search (Nelder-Mead from random starts) minimising the worst gain. k = 10, r = 2 uses a
-# weighted mean instead (positive weights summing to 1, spread evenly over 0.02..0.18): its worst pair
-# gain is 158 against the signed row's 52.5, but the encoder meets a weighted mean of latents far more
-# closely than a signed combination, and the decoded error is gain × latent error (docs/RESULTS.md).
+# ‖A[P, S]⁻¹‖₂ (k for one parity). At k = 10 the rows are weighted means (positive weights summing to
+# 1): their gains are larger than signed rows' (worst pair 158 against 52.5 at r = 2), but the encoder
+# meets a weighted mean of latents far more closely than a signed combination, and the decoded error is
+# gain × latent error (docs/RESULTS.md). r = 2 spreads the weights evenly over 0.02..0.18; r = 3's were
+# found by a random search for the lowest mean gain of two and three missing. The k = 4 rows are signed,
+# of the first row's norm, chosen by a numerical search (Nelder-Mead) for the lowest worst gain.
 _EXTRA_ROWS: dict[tuple[int, int], tuple[tuple[float, ...], ...]] = {
     (2, 2): ((1.0, -1.0),),
     (4, 2): ((1.339, -1.339, -0.455, 0.455),),
     (4, 3): ((-0.38, 0.588, 1.33, -1.319), (1.349, -0.529, 0.597, -1.242)),
     (10, 2): ((0.2, 0.3778, 0.5556, 0.7333, 0.9111, 1.0889, 1.2667, 1.4444, 1.6222, 1.8),),
     (10, 3): (
-        (-0.304, 1.114, -0.457, -0.175, -0.865, -0.655, -1.855, 0.582, -1.592, -0.966),
-        (0.262, 0.337, -0.428, -2.158, 0.418, 0.155, -1.457, 0.818, -0.752, -1.193),
+        (0.1655, 0.3965, 0.2006, 0.7856, 1.1365, 1.4456, 1.0968, 2.0346, 1.845, 0.8933),
+        (0.0207, 0.1447, 0.2782, 0.1748, 0.338, 1.3039, 1.6688, 1.3375, 2.2607, 2.4727),
     ),
 }
 

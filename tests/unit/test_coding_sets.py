@@ -27,7 +27,7 @@ def test_coefficients_decode_every_missing_set(k: int, r: int) -> None:
             assert np.linalg.norm(row) == pytest.approx(1 / np.sqrt(k), rel=2e-3)
     condition, gain = coding.worst_case(a)
     assert gain >= k - 1e-9  # one parity alone multiplies its error by k at least
-    assert condition < 100 and gain < 25 * k
+    assert condition < 250 and gain < 100 * k  # weighted-mean rows: larger gains, smaller latent errors
 
 
 def test_decoding_from_every_parity_in_has_the_lowest_error_gain() -> None:
