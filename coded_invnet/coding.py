@@ -63,6 +63,11 @@ def parity_coefficients(k: int, r: int = 1) -> np.ndarray:
     return rows / k
 
 
+def is_weighted_mean(row: np.ndarray) -> bool:
+    """Whether a row of A is a weighted mean (every coefficient positive; the rows sum to 1)."""
+    return bool((row > 0).all())
+
+
 def worst_case(coefficients: np.ndarray) -> tuple[float, float]:
     """(condition number, error gain): the largest κ(A[P, S]) and ‖A[P, S]⁻¹‖₂ over every set S of up
     to r missing members decoded from any |S| parities P."""

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coded_invnet.coding import parity_coefficients
+from coded_invnet.coding import is_weighted_mean, parity_coefficients
 from coded_invnet.models.spec import JsonSpec
 
 PARITY0_KERNEL = 3  # the hidden conv kernel of parity 0's fuse net
@@ -30,6 +30,14 @@ class EncoderSpec(JsonSpec):
     fuse_width: int = 32
     parities: int = 1  # r: parity queries per group
     extra_kernel: int = 1  # parities 1..r-1: kernel of their fuse net's hidden conv (parity 0: 3)
+
+
+def extra_kernel_for(k: int, r: int) -> int:
+    """The hidden kernel of parities 1..r-1 of the (k, r) code: parity 0's when every one of them is a
+    weighted mean (each starts from parity 0's correction, training.encoder.initial_parity_encoder),
+    else EncoderSpec.extra_kernel."""
+    rows = parity_coefficients(k, r)[1:]
+    return PARITY0_KERNEL if all(is_weighted_mean(row) for row in rows) else EncoderSpec.extra_kernel
 
 
 def _fuse_net(spec: EncoderSpec, c: int, kernel: int = PARITY0_KERNEL) -> nn.Sequential:

@@ -13,7 +13,7 @@ from coded_invnet import training
 from coded_invnet.checkpoint import ModelFileError
 from coded_invnet.data import DATASETS, SHIPPED_DATASETS, DataError, load_dataset
 from coded_invnet.models.classifier import ClassifierSpec
-from coded_invnet.models.encoder import EncoderSpec
+from coded_invnet.models.encoder import PARITY0_KERNEL, EncoderSpec
 from coded_invnet.models.parm import PARM_ARCHS, SN_ARCH
 from coded_invnet.models.parm_cnn import ParityCNNSpec
 from coded_invnet.training.classifier import train_base
@@ -64,8 +64,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--extra-kernel",
         type=int,
-        default=EncoderSpec.extra_kernel,
-        help="encoder, r ≥ 2: parities 1..r-1's kernel",
+        help=f"encoder, r ≥ 2: parities 1..r-1's kernel (default: {PARITY0_KERNEL} where their rows are "
+        f"weighted means, else {EncoderSpec.extra_kernel})",
     )
     p.add_argument("--no-mixup", action="store_true")
     p.add_argument("--parm-arch", default=PARM_ARCH, choices=PARM_ARCHS, help="parm: the parity network")

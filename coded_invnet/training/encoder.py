@@ -13,7 +13,7 @@ from coded_invnet import coding
 from coded_invnet.checkpoint import load_encoder
 from coded_invnet.data import Dataset
 from coded_invnet.models.classifier import InvNetClassifier
-from coded_invnet.models.encoder import PARITY0_KERNEL, EncoderSpec, FusionEncoder
+from coded_invnet.models.encoder import PARITY0_KERNEL, EncoderSpec, FusionEncoder, extra_kernel_for
 from coded_invnet.training.groups import group_training
 from coded_invnet.training.loop import RunConfig, Stateful, epoch_loop, write_model
 from coded_invnet.training.losses import decoded_agreement
@@ -133,7 +133,7 @@ def initial_parity_encoder(spec: EncoderSpec, init: FusionEncoder) -> FusionEnco
     if init.spec.parities == 1 and spec.extra_kernel == PARITY0_KERNEL:
         rows = coding.parity_coefficients(spec.k, spec.parities)[1:]
         for row, extra in zip(rows, enc.extra, strict=True):
-            if (row > 0).all():
+            if coding.is_weighted_mean(row):
                 extra.load_state_dict(enc.fuse.state_dict())
     return enc
 
@@ -146,17 +146,19 @@ def train_parity_encoders(
     k: int,
     r: int,
     name: str,
-    extra_kernel: int = EncoderSpec.extra_kernel,
+    extra_kernel: int | None = None,
 ) -> Path:
     """Train F_k with r parities, fine-tuned from the one-parity encoder at ``init_path`` (its parity 0),
-    g, h frozen. Loss: KL(h(ẑ_S) ‖ base softmax) over SETS_PER_SIZE random missing sets S of each size
-    1..r decoded from their best parities (missing_sets, coding.decode_set), plus
-    L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of every parity m."""
+    g, h frozen; ``extra_kernel`` None: the code's own (models.encoder.extra_kernel_for). Loss:
+    KL(h(ẑ_S) ‖ base softmax) over SETS_PER_SIZE random missing sets S of each size 1..r decoded as the
+    frontend decodes them (missing_sets, coding.decode_set), plus L1(g(x_p^(m)) − Σ_i A[m, i] z_i) of
+    every parity m."""
     torch.manual_seed(cfg.seed + k + 100 * r)
     rng = np.random.default_rng(cfg.seed + 31 * k + r)
     run = group_training(cfg, data, base_path, k, sampling_seed=cfg.seed + 17 * k + r)
     base = run.base
-    spec = EncoderSpec(image_shape=base.spec.image_shape, k=k, parities=r, extra_kernel=extra_kernel)
+    kernel = extra_kernel or extra_kernel_for(k, r)
+    spec = EncoderSpec(image_shape=base.spec.image_shape, k=k, parities=r, extra_kernel=kernel)
     enc = initial_parity_encoder(spec, load_encoder(init_path)).to(cfg.device)
     a = coding.parity_coefficients(k, r)  # (r, k)
     a_t = torch.as_tensor(a, dtype=torch.float32, device=cfg.device)

@@ -9,7 +9,6 @@ from tqdm import tqdm
 
 from coded_invnet.coding import SHIPPED_KS, SHIPPED_PARITY_CODES
 from coded_invnet.data import Dataset, load_dataset
-from coded_invnet.models.encoder import EncoderSpec
 from coded_invnet.training.classifier import train_base
 from coded_invnet.training.encoder import train_encoder, train_parity_encoders
 from coded_invnet.training.loop import RunConfig
@@ -20,7 +19,6 @@ from coded_invnet.training.recipe import (
     DEFAULT_EPOCHS,
     ENCODER_EPOCH_SCALE,
     PARITY_EPOCHS,
-    PARITY_EXTRA_KERNEL,
     PARM_EPOCH_SCALE,
     PARM_NET_EPOCH_SCALE,
     PARM_NET_SMALL_K_EPOCH_SCALE,
@@ -85,8 +83,7 @@ def run_job(cfg: RunConfig, job: Job, data: Dataset, coeff: float | None = None)
         return train_base(c, data, spec, mixup_share, job.name, coding_aware=job.coding_aware)
     if job.kind == "encoder" and job.parities > 1:
         init = c.models_dir / job.dataset / f"encoder_k{job.k}.pt"
-        kernel = PARITY_EXTRA_KERNEL.get((job.k, job.parities), EncoderSpec.extra_kernel)
-        return train_parity_encoders(c, data, base, init, job.k, job.parities, job.name, kernel)
+        return train_parity_encoders(c, data, base, init, job.k, job.parities, job.name)
     if job.kind == "encoder":
         return train_encoder(c, data, base, job.k, job.loss, job.name)
     if job.kind == "parm_sn":

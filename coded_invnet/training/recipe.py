@@ -27,9 +27,6 @@ PARITY_EPOCHS = {
     ("mnist", 4, 3): 5,
     ("fashion-mnist", 4, 3): 5,
 }
-# (k, r) → the hidden kernel of parities 1..r-1 (EncoderSpec.extra_kernel otherwise): k = 10's
-# weighted-mean parities start as parity 0's 3×3 correction (training.encoder.initial_parity_encoder)
-PARITY_EXTRA_KERNEL = {(10, 2): 3, (10, 3): 3}
 SMALL_K_EPOCH_SCALE = 0.2  # k <= 4 converges within a few epochs (both F_k and ParM)
 # ParM's shipped parity network (models.parm_cnn) trains on cached base logits until validation stops
 # improving: at most 10 epochs at k=10 and 3 at k <= 4 (of the base's 15), stopping after PARM_PATIENCE

@@ -16,7 +16,7 @@ from helpers import REPO_ROOT
 
 from coded_invnet.checkpoint import ModelFileError, load_checkpoint, load_classifier, read_torch_file
 from coded_invnet.data import DataError, load_dataset, read_idx
-from coded_invnet.models.encoder import PARITY0_KERNEL, EncoderSpec, FusionEncoder
+from coded_invnet.models.encoder import PARITY0_KERNEL, EncoderSpec, FusionEncoder, extra_kernel_for
 from coded_invnet.tools import evaluate, report
 from coded_invnet.training import cli, jobs, recipe
 from coded_invnet.training.average import WeightAverage
@@ -258,3 +258,5 @@ def test_a_weighted_mean_parity_starts_from_the_mean_correction() -> None:
         assert torch.equal(enc.fuse.state_dict()["0.weight"], one.fuse.state_dict()["0.weight"])
         if not copied:
             assert not enc.extra[0].state_dict()["2.weight"].any()  # the correction conv starts at zero
+    # what `make train` and the CLI use: the 3×3 for the weighted-mean codes only
+    assert [extra_kernel_for(k, r) for k, r in ((10, 2), (10, 3), (4, 2), (4, 3))] == [3, 3, 1, 1]
